@@ -1,0 +1,252 @@
+"""Prometheus metrics for the listener, on a registry of its own.
+
+Why a class with typed attributes: the worker and the Evolution client update metrics at
+a handful of places, and a typo in a metric or label name should be a mypy/AttributeError,
+not a silently new series. Why a private `CollectorRegistry`: the global one would make
+two `Metrics` in one process (tests, the demo running several replicas) collide.
+
+Names follow the Prometheus conventions: `evolution_listener_` prefix, base units in the
+name (`_seconds`), `_total` on counters. Label values that are known up front are
+pre-initialised so their series exist at 0 (a `rate()` over a series that appears late
+misses its first increment).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+import listener
+
+__all__ = [
+    "EVOLUTION_REQUEST_BUCKETS_S",
+    "NAMESPACE",
+    "OUTCOMES",
+    "PROVISIONING_LATENCY_BUCKETS_S",
+    "QUEUE_STATUSES",
+    "Metrics",
+]
+
+NAMESPACE = "evolution_listener"
+
+# What happened to a claimed entry: completed, retried later, failed for good, or released
+# back to pending without spending a retry (shutdown, global back-off).
+OUTCOMES: tuple[str, ...] = ("completed", "retried", "failed", "released")
+QUEUE_STATUSES: tuple[str, ...] = ("pending", "processing", "completed", "failed")
+
+# Queue insert to completion: ~1 ms when the API is fast and the listener is awake, up to
+# minutes when retries (0.8 + 1.6 + 3.2 s by default) or a global back-off intervene.
+PROVISIONING_LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+# One Evolution API request: bounded by LISTENER_HTTP_TIMEOUT_S (10 s by default).
+EVOLUTION_REQUEST_BUCKETS_S: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+class _ProcessCollector(ProcessCollector):
+    """The standard process metrics, surviving the hardened unit's `ProcSubset=pid`.
+
+    prometheus-client reads the boot time from /proc/stat, which `ProcSubset=pid` hides;
+    without it the stock collector exports nothing at all. CLOCK_BOOTTIME gives the same
+    boot time without /proc.
+    """
+
+    def _boot_time(self) -> float:
+        try:
+            with open(os.path.join(self._proc, "stat"), "rb") as stat:
+                for line in stat:
+                    if line.startswith(b"btime "):
+                        return float(line.split()[1])
+        except OSError:
+            pass
+        boottime_clock = getattr(time, "CLOCK_BOOTTIME", None)
+        if boottime_clock is None:  # not Linux: there is no /proc to read anyway
+            return 0.0
+        return time.time() - time.clock_gettime(boottime_clock)
+
+
+class Metrics:
+    """Every metric the service exports, on its own registry.
+
+    Attributes (metric name; labels):
+    - `provisioned`: evolution_listener_provisioned_total; outcome
+    - `provisioning_latency`: evolution_listener_provisioning_latency_seconds (histogram)
+    - `evolution_request_duration`: evolution_listener_evolution_request_duration_seconds;
+      operation
+    - `evolution_errors`: evolution_listener_evolution_errors_total; operation, status
+    - `queue_depth`: evolution_listener_queue_depth; status
+    - `oldest_pending_age`: evolution_listener_oldest_pending_age_seconds
+    - `listen_connected`: evolution_listener_listen_connected (0/1)
+    - `listen_reconnects`: evolution_listener_listen_reconnects_total
+    - `sweeps`: evolution_listener_sweeps_total
+    - `reclaimed_leases`: evolution_listener_reclaimed_leases_total
+    - `claimed`: evolution_listener_claimed_entries_total (rows, not statements)
+    - `backoff_active`: evolution_listener_backoff_active (0/1)
+    - `build_info`: evolution_listener_build_info; version, python
+    plus evolution_listener_process_* (memory, CPU, file descriptors).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, version: str | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        ns = NAMESPACE
+
+        self.provisioned = Counter(
+            "provisioned",
+            "Claimed queue entries by outcome "
+            "(completed, retried, failed, released back to pending without spending a retry).",
+            ["outcome"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.provisioning_latency = Histogram(
+            "provisioning_latency_seconds",
+            "Time from the queue row's insert to its completion, in seconds.",
+            namespace=ns,
+            registry=reg,
+            buckets=PROVISIONING_LATENCY_BUCKETS_S,
+        )
+        self.evolution_request_duration = Histogram(
+            "evolution_request_duration_seconds",
+            "Evolution API request duration by operation, in seconds (errors included).",
+            ["operation"],
+            namespace=ns,
+            registry=reg,
+            buckets=EVOLUTION_REQUEST_BUCKETS_S,
+        )
+        self.evolution_errors = Counter(
+            "evolution_errors",
+            "Failed Evolution API requests by operation and status "
+            "(HTTP code such as 500 or 429, or timeout, reset, connect).",
+            ["operation", "status"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.queue_depth = Gauge(
+            "queue_depth",
+            "Queue entries by status, as last read from the database.",
+            ["status"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.oldest_pending_age = Gauge(
+            "oldest_pending_age_seconds",
+            "Age of the oldest pending queue entry in seconds (0 when none is pending).",
+            namespace=ns,
+            registry=reg,
+        )
+        self.listen_connected = Gauge(
+            "listen_connected",
+            "1 while the LISTEN connection is up, else 0.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.listen_reconnects = Counter(
+            "listen_reconnects",
+            "Reconnections of the LISTEN connection after a loss.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.sweeps = Counter(
+            "sweeps",
+            "Sweeps of the queue table (at start, after reconnects, periodically).",
+            namespace=ns,
+            registry=reg,
+        )
+        self.reclaimed_leases = Counter(
+            "reclaimed_leases",
+            "Entries claimed again after another owner's lease expired.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.claimed = Counter(
+            "claimed_entries",
+            "Queue entries claimed (one per row, not per statement).",
+            namespace=ns,
+            registry=reg,
+        )
+        self.backoff_active = Gauge(
+            "backoff_active",
+            "1 while the global back-off (bad key, Evolution API down, 429) pauses claiming.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.build_info = Info(
+            "build",
+            "Version of the running service.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.build_info.info(
+            {"version": version or listener.__version__, "python": platform.python_version()}
+        )
+        _ProcessCollector(namespace=ns, registry=reg)
+
+        for outcome in OUTCOMES:
+            self.provisioned.labels(outcome=outcome)
+        self._queue_statuses: set[str] = set(QUEUE_STATUSES)
+        for status in QUEUE_STATUSES:
+            self.queue_depth.labels(status=status).set(0)
+        self.listen_connected.set(0)
+        self.backoff_active.set(0)
+
+    def refresh_queue_gauges(
+        self, counts: Mapping[str, int], oldest_pending_age_s: float | None
+    ) -> None:
+        """Set the queue gauges from one read of the table.
+
+        A status missing from `counts` is set to 0 rather than left at its last value (the
+        last `failed` row retried would otherwise be reported forever). `None` means no
+        pending entry: age 0.
+        """
+        self._queue_statuses.update(counts)
+        for status in self._queue_statuses:
+            self.queue_depth.labels(status=status).set(counts.get(status, 0))
+        age = oldest_pending_age_s if oldest_pending_age_s is not None else 0.0
+        self.oldest_pending_age.set(max(0.0, age))
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition body and its content type, negotiated from an Accept header."""
+        if not accept:
+            return generate_latest(self.registry), "text/plain; version=0.0.4; charset=utf-8"
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
