@@ -64,7 +64,7 @@ class RetryPolicy:
         """Delay before retry `retry_number` (1-based): 0.8 s, 1.6 s, 3.2 s by default."""
         if retry_number < 1:
             raise ValueError("retry numbers start at 1")
-        return self.base_ms * (2 ** (retry_number - 1)) / 1000.0
+        return float(self.base_ms * (2 ** (retry_number - 1))) / 1000.0
 
 
 class Verdict(StrEnum):

@@ -19,7 +19,9 @@ def _listen(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     conn.execute(queries.LISTEN)
 
 
-def _drain(conn: psycopg.Connection[tuple[object, ...]], wait_s: float = 0.5) -> list[dict[str, object]]:
+def _drain(
+    conn: psycopg.Connection[tuple[object, ...]], wait_s: float = 0.5
+) -> list[dict[str, object]]:
     return [json.loads(n.payload) for n in conn.notifies(timeout=wait_s)]
 
 
@@ -232,7 +234,8 @@ def test_claim_uses_the_due_index_and_ignores_finished_rows(db: TestDatabase) ->
     ]
     assert scans, large
     assert all(n["Node Type"] in ("Index Scan", "Index Only Scan") for n in scans), scans
-    due_scans = [n for n in scans if n.get("Index Name") == "evolution_instance_creation_queue_due_idx"]
+    due_index = "evolution_instance_creation_queue_due_idx"
+    due_scans = [n for n in scans if n.get("Index Name") == due_index]
     assert due_scans, scans
     # It reads only due rows: none filtered out, none beyond the batch.
     assert all(int(n.get("Rows Removed by Filter", 0)) == 0 for n in due_scans)  # type: ignore[call-overload]

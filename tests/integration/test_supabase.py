@@ -84,11 +84,11 @@ CREATE TRIGGER on_auth_user_created
   FOR EACH ROW EXECUTE PROCEDURE public.handle_new_user();
 """
 
-OLD_DEFAULT_GRANTS = """
-ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
-"""
+OLD_DEFAULT_GRANTS = "\n".join(
+    f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON {kind} "
+    "TO anon, authenticated, service_role;"
+    for kind in ("TABLES", "FUNCTIONS", "SEQUENCES")
+)
 
 
 @pytest.fixture(params=["default-grants", "no-default-grants"])
@@ -134,7 +134,9 @@ def test_signup_through_auth_users_is_queued_and_notified(supabase_db: str) -> N
         assert row == ("pending",)
 
 
-def _as(dsn: str, role: str, sub: uuid.UUID | None = None) -> psycopg.Connection[tuple[object, ...]]:
+def _as(
+    dsn: str, role: str, sub: uuid.UUID | None = None
+) -> psycopg.Connection[tuple[object, ...]]:
     conn = psycopg.connect(dsn, autocommit=True)
     conn.execute(f"SET ROLE {role}")
     if sub is not None:

@@ -1,0 +1,114 @@
+"""Operator actions on the queue: the seed's monitoring, manual retry and cleanup, as code.
+
+Shared by the command line and the service (scheduled cleanup); each takes a pool so it runs
+the same under both.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from listener.db import queries
+
+CLEANUP_BATCH = 1000
+CLEANUP_MAX_BATCHES = 100_000
+
+
+@dataclass(frozen=True)
+class StatusFigures:
+    status: str
+    count: int
+    avg_retries: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    user_id: str
+    retry_count: int
+    error_message: str | None
+    processed_at: datetime | None
+
+
+@dataclass
+class QueueStats:
+    by_status: list[StatusFigures] = field(default_factory=list)
+    oldest_pending_age_s: float | None = None
+    recent_failures: list[Failure] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "by_status": {
+                s.status: {"count": s.count, "avg_retries": round(s.avg_retries, 3)}
+                for s in self.by_status
+            },
+            "oldest_pending_age_s": self.oldest_pending_age_s,
+            "recent_failures": [
+                {
+                    "user_id": f.user_id,
+                    "retry_count": f.retry_count,
+                    "error_message": f.error_message,
+                    "processed_at": f.processed_at.isoformat() if f.processed_at else None,
+                }
+                for f in self.recent_failures
+            ],
+        }
+
+
+async def stats(pool: AsyncConnectionPool, recent: int = 10) -> QueueStats:
+    result = QueueStats()
+    async with pool.connection() as conn:
+        cursor = await conn.execute(queries.STATS_BY_STATUS)
+        result.by_status = [
+            StatusFigures(str(r[0]), int(r[1]), float(r[2] or 0.0))
+            for r in await cursor.fetchall()
+        ]
+        cursor = await conn.execute(queries.OLDEST_PENDING_AGE_S)
+        row = await cursor.fetchone()
+        result.oldest_pending_age_s = None if row is None or row[0] is None else float(row[0])
+        cursor = await conn.execute(queries.RECENT_FAILURES, {"limit": recent})
+        result.recent_failures = [
+            Failure(str(r[0]), int(r[1]), r[2], r[3]) for r in await cursor.fetchall()
+        ]
+    return result
+
+
+async def retry_user(pool: AsyncConnectionPool, user_id: uuid.UUID) -> str | None:
+    """Reset a failed or completed user to pending (the trigger notifies); the previous
+    status, or None when the user has no entry that can be retried."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(queries.QUEUE_ROW_BY_USER, {"user_id": user_id})
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        previous = str(row[2])
+        cursor = await conn.execute(queries.RETRY_USER, {"user_id": user_id})
+        updated = await cursor.fetchall()
+    return previous if updated else None
+
+
+async def retry_all_failed(pool: AsyncConnectionPool) -> int:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(queries.RETRY_ALL_FAILED)
+        return len(await cursor.fetchall())
+
+
+async def cleanup(pool: AsyncConnectionPool, older_than_days: int,
+                  batch: int = CLEANUP_BATCH) -> int:
+    """Delete completed entries older than the cutoff, `batch` rows per short transaction,
+    so no long lock is held on the queue."""
+    total = 0
+    for _ in range(CLEANUP_MAX_BATCHES):
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                queries.CLEANUP_BATCH, {"days": older_than_days, "batch": batch}
+            )
+            deleted = cursor.rowcount
+        total += max(0, deleted)
+        if deleted < batch:
+            break
+    return total

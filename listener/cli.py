@@ -1,0 +1,360 @@
+"""`evolution-listener`: thin subcommands. Parse, call, print, exit code.
+
+Exit codes: 0 ok, 1 failure, 2 usage, 78 configuration (EX_CONFIG: systemd does not
+restart a service that cannot work as configured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from listener import __version__
+from listener.config import (
+    EX_CONFIG,
+    ConfigError,
+    DatabaseSettings,
+    Settings,
+    load_settings,
+)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def _err(message: str) -> None:
+    print(f"evolution-listener: {message}", file=sys.stderr, flush=True)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:500] or type(error).__name__
+
+
+def _configure_logging(fmt: str = "auto", level: str = "WARNING", *, secrets: Sequence[str] = (),
+                       to_stderr: bool = True) -> None:
+    from listener.ops.logging import configure_logging
+
+    configure_logging(fmt, level, secrets, stream=sys.stderr if to_stderr else sys.stdout)
+
+
+def _db_pool(settings: DatabaseSettings, size: int = 2) -> AsyncConnectionPool:
+    return AsyncConnectionPool(settings.dsn, min_size=1, max_size=size, open=False,
+                               timeout=15.0, kwargs={"autocommit": True,
+                                                     "application_name": "evolution-listener"})
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = load_settings(Settings)
+    _configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets(),
+                       to_stderr=False)
+    from listener.service import run_service
+
+    try:
+        return asyncio.run(run_service(settings))
+    except OSError as error:  # e.g. the metrics port is taken
+        _err(_one_line(error))
+        return EXIT_FAILURE
+
+
+# --- migrate --------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = load_settings(DatabaseSettings)
+    _configure_logging(secrets=_dsn_secrets(settings))
+    from listener.db.migrate import MigrationError, migrate
+
+    try:
+        report = asyncio.run(migrate(settings.dsn))
+    except MigrationError as error:
+        _err(f"migrate: {error}")
+        return EXIT_FAILURE
+    except psycopg.Error as error:
+        _err(f"migrate: cannot reach {settings.dsn_for_display}: {_one_line(error)}")
+        return EXIT_FAILURE
+    for name in report.applied:
+        print(f"applied  {name}")
+    for name in report.changed:
+        print(f"warning  {name} changed since it was applied (not re-applied)")
+    if not report.applied:
+        print(f"up to date ({len(report.already)} migrations applied)")
+    return EXIT_OK
+
+
+def _dsn_secrets(settings: DatabaseSettings) -> list[str]:
+    from listener.config import _dsn_password
+
+    password = _dsn_password(settings.dsn)
+    return [password] if password else []
+
+
+# --- stats / retry / cleanup ----------------------------------------------------------------
+
+
+def _with_pool(settings: DatabaseSettings,
+               action: Callable[[AsyncConnectionPool], Any]) -> Any:
+    async def runner() -> Any:
+        pool = _db_pool(settings)
+        await pool.open(wait=True, timeout=15.0)
+        try:
+            return await action(pool)
+        finally:
+            await pool.close()
+
+    return asyncio.run(runner())
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    settings = load_settings(DatabaseSettings)
+    _configure_logging(secrets=_dsn_secrets(settings))
+    from listener import admin
+
+    result = _with_pool(settings, lambda pool: admin.stats(pool, args.recent))
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+        return EXIT_OK
+    print(f"{'status':<12}{'count':>10}{'avg_retries':>14}")
+    for figures in result.by_status:
+        print(f"{figures.status:<12}{figures.count:>10}{figures.avg_retries:>14.2f}")
+    if not result.by_status:
+        print("(queue is empty)")
+    age = result.oldest_pending_age_s
+    print(f"oldest pending: {'none' if age is None else f'{age:.1f} s'}")
+    if result.recent_failures:
+        print("recent failures:")
+        for failure in result.recent_failures:
+            print(f"  {failure.user_id}  retries={failure.retry_count}  "
+                  f"{failure.error_message or ''}")
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    if bool(args.user_id) == bool(args.all_failed):
+        _err("retry: give either USER_ID or --all-failed")
+        return EXIT_USAGE
+    settings = load_settings(DatabaseSettings)
+    _configure_logging(secrets=_dsn_secrets(settings))
+    from listener import admin
+
+    if args.all_failed:
+        count = _with_pool(settings, admin.retry_all_failed)
+        print(f"reset {count} failed entries to pending")
+        return EXIT_OK
+    user_id = _parse_uuid(args.user_id)
+    if user_id is None:
+        return EXIT_USAGE
+    previous = _with_pool(settings, lambda pool: admin.retry_user(pool, user_id))
+    if previous is None:
+        _err(f"retry: no failed or completed entry for user {user_id}")
+        return EXIT_FAILURE
+    print(f"user {user_id}: {previous} -> pending (the listener is notified)")
+    return EXIT_OK
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    if args.older_than < 1:
+        _err("cleanup: --older-than must be at least 1 day")
+        return EXIT_USAGE
+    settings = load_settings(DatabaseSettings)
+    _configure_logging(secrets=_dsn_secrets(settings))
+    from listener import admin
+
+    deleted = _with_pool(
+        settings, lambda pool: admin.cleanup(pool, args.older_than, args.batch_size)
+    )
+    print(f"deleted {deleted} completed entries older than {args.older_than} days")
+    return EXIT_OK
+
+
+def _parse_uuid(raw: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        _err(f"not a user id (UUID expected): {raw[:60]!r}")
+        return None
+
+
+# --- drain / provision ----------------------------------------------------------------------
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    settings = load_settings(Settings)
+    _configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets())
+    from listener.service import Service
+
+    async def runner() -> int:
+        service = Service(settings)
+        await service.pool.open(wait=True, timeout=15.0)
+        await service.client.start()
+        try:
+            counts = await service.worker.drain()
+        finally:
+            await service.client.close()
+            await service.pool.close()
+        print(f"completed={counts.completed} retried={counts.retried} failed={counts.failed} "
+              f"released={counts.released}")
+        if service.worker.outage.is_open:
+            _err(f"drain stopped early: {service.worker.outage.reason}")
+            return EXIT_FAILURE
+        return EXIT_FAILURE if counts.failed else EXIT_OK
+
+    return asyncio.run(runner())
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    user_id = _parse_uuid(args.user_id)
+    if user_id is None:
+        return EXIT_USAGE
+    settings = load_settings(Settings)
+    _configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets())
+    from listener.db import queries
+    from listener.service import Service
+
+    async def runner() -> int:
+        service = Service(settings)
+        await service.pool.open(wait=True, timeout=15.0)
+        await service.client.start()
+        try:
+            return await _provision(service, user_id, args.force)
+        finally:
+            await service.client.close()
+            await service.pool.close()
+
+    async def _provision(service: Any, user: uuid.UUID, force: bool) -> int:
+        async with service.pool.connection() as conn:
+            cursor = await conn.execute(queries.QUEUE_ROW_BY_USER, {"user_id": user})
+            row = await cursor.fetchone()
+        if row is not None and row[2] == "completed" and not force:
+            print(f"user {user}: already completed; use --force to re-apply its webhook")
+            return EXIT_OK
+        if row is None:
+            await service.store.enqueue(user)
+            print(f"queued: user {user}")
+        entry = await service.store.claim_user(user)
+        if entry is None:
+            _err(f"user {user} is being processed by another replica right now")
+            return EXIT_FAILURE
+        print(f"claimed: queue_id={entry.id} attempt={entry.retry_count + 1}")
+        await service.worker.process_entry(entry, echo=print)
+        async with service.pool.connection() as conn:
+            cursor = await conn.execute(queries.QUEUE_ROW_BY_USER, {"user_id": user})
+            final = await cursor.fetchone()
+        status, error = (final[2], final[4]) if final else ("missing", None)
+        print(f"status: {status}" + (f" ({error})" if error else ""))
+        return EXIT_OK if status == "completed" else EXIT_FAILURE
+
+    return asyncio.run(runner())
+
+
+# --- doctor / demo / simulator --------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from listener.doctor import run_doctor
+
+    return asyncio.run(run_doctor(os.environ))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from listener.demo import main as demo_main
+
+    return demo_main(args.demo_args)
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from listener.simulator import main as simulator_main
+
+    return simulator_main(args.simulator_args)
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evolution-listener",
+        description="Provision an Evolution API instance for every new user, event-driven.",
+        epilog="Configuration comes from the environment (see README). Exit codes: 0 ok, "
+               "1 failure, 2 usage, 78 configuration.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the service (LISTEN, provision, sweep) until SIGTERM")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("migrate", help="apply pending SQL migrations (needs only DATABASE_URL)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("drain", help="process every due entry once, print counts, exit "
+                                     "(1 if any entry failed)")
+    p.set_defaults(func=cmd_drain)
+
+    p = sub.add_parser("provision", help="provision one user now, printing each step")
+    p.add_argument("user_id", metavar="USER_ID")
+    p.add_argument("--force", action="store_true",
+                   help="also for a completed user: adopt its instance, re-apply its webhook")
+    p.set_defaults(func=cmd_provision)
+
+    p = sub.add_parser("stats", help="the seed's monitoring figures")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--recent", type=int, default=10, help="recent failures to list")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("retry", help="reset a failed/completed user (or all failed) to pending")
+    p.add_argument("user_id", metavar="USER_ID", nargs="?")
+    p.add_argument("--all-failed", action="store_true")
+    p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("cleanup", help="delete completed entries older than N days, in batches")
+    p.add_argument("--older-than", type=int, default=30, metavar="DAYS")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.set_defaults(func=cmd_cleanup)
+
+    p = sub.add_parser("doctor", help="check config, database, trigger, LISTEN, Evolution API")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("demo", help="the whole job on an embedded PostgreSQL and the simulator",
+                       add_help=False)
+    p.add_argument("demo_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulator", help="the Evolution API simulator on its own",
+                       add_help=False)
+    p.add_argument("simulator_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_simulator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as error:
+        _err(str(error))
+        return EX_CONFIG
+    except psycopg.OperationalError as error:
+        _err(f"database unreachable: {_one_line(error)}")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # the last line of defence: one line, no traceback
+        from listener.ops.logging import redact_text
+
+        _err(f"{args.command} failed: {type(error).__name__}: {redact_text(_one_line(error))}")
+        return EXIT_FAILURE

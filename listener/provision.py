@@ -1,0 +1,98 @@
+"""Provisioning one user: create or adopt the instance, make its webhook right.
+
+Idempotent by construction: the instance name is derived from the user id, so a retry, a
+second replica or a manual re-run can only find the same instance, never make another one.
+No SQL and no HTTP details here: the client speaks HTTP, the store speaks SQL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from listener.evolution.client import EvolutionClient
+from listener.evolution.errors import AlreadyExistsError, InvalidResponseError, TransientError
+from listener.evolution.models import WebhookSpec
+
+StepReporter = Callable[[str, dict[str, object]], None]
+
+
+def instance_name_for(prefix: str, user_id: uuid.UUID) -> str:
+    """`evo-<uuid>`: lowercase with dashes, deterministic."""
+    return f"{prefix}{str(user_id).lower()}"
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    instance_name: str
+    instance_id: str | None
+    integration: str
+    instance_token: str | None
+    adopted: bool
+
+
+def _quiet(step: str, fields: dict[str, object]) -> None:
+    return None
+
+
+class Provisioner:
+    """Brings one user's instance to the desired state through the Evolution API."""
+
+    def __init__(
+        self,
+        client: EvolutionClient,
+        webhook: WebhookSpec,
+        *,
+        integration: str,
+        prefix: str,
+    ) -> None:
+        self.client = client
+        self.webhook = webhook
+        self.integration = integration
+        self.prefix = prefix
+
+    async def provision(
+        self, user_id: uuid.UUID, report: StepReporter = _quiet
+    ) -> Provisioned:
+        name = instance_name_for(self.prefix, user_id)
+        try:
+            created = await self.client.create_instance(
+                name, integration=self.integration, webhook=self.webhook
+            )
+            report("created", {"instance": name, "instance_id": created.instance_id})
+            result = Provisioned(
+                instance_name=name,
+                instance_id=created.instance_id,
+                integration=created.integration or self.integration,
+                instance_token=created.token,
+                adopted=False,
+            )
+        except AlreadyExistsError:
+            # Ours from an earlier attempt whose answer was lost, or a manual retry of a
+            # completed user: adopt it.
+            found = await self.client.fetch_instance(name)
+            if found is None:
+                raise TransientError(
+                    f"instance {name} is reported in use but not listed (a delete may still "
+                    "be in progress)",
+                    operation="fetch_instance",
+                ) from None
+            report("adopted", {"instance": name, "instance_id": found.instance_id})
+            result = Provisioned(
+                instance_name=name,
+                instance_id=found.instance_id,
+                integration=found.integration or self.integration,
+                instance_token=found.token,
+                adopted=True,
+            )
+        # Creation stores the webhook without validating it and ignores `enabled`; the set
+        # endpoint validates and upserts, and its answer is the stored row we verify.
+        state = await self.client.set_webhook(name, self.webhook)
+        if not state.matches(self.webhook):
+            raise InvalidResponseError(
+                f"webhook of {name} does not match after set (url or events differ)",
+                operation="set_webhook",
+            )
+        report("webhook", {"instance": name, "url": state.url, "events": len(state.events)})
+        return result

@@ -1,0 +1,231 @@
+"""`evolution-listener run`: wire the parts together and run until SIGTERM/SIGINT.
+
+Start order matters for systemd: READY=1 only once LISTEN is active and the first sweep has
+run, so `systemctl start` returning means signups are being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from datetime import UTC, datetime
+
+from psycopg_pool import AsyncConnectionPool
+
+from listener import admin
+from listener.config import WEBHOOK_EVENTS, Settings
+from listener.db.store import QueueStore
+from listener.evolution.client import EvolutionClient
+from listener.evolution.models import WebhookSpec
+from listener.ops.http import OpsServer
+from listener.ops.metrics import Metrics
+from listener.ops.sdnotify import SystemdNotifier
+from listener.policy import RetryPolicy
+from listener.provision import Provisioner
+from listener.wakeup import KEEPALIVE_KWARGS, ListenConnection
+from listener.worker import Worker, WorkerConfig
+
+log = logging.getLogger("listener.service")
+
+HOUSEKEEPING_TICK_S = 1.0
+GAUGE_REFRESH_S = 10.0
+
+
+def replica_id() -> str:
+    """Who holds a lease: host, pid and a random suffix (pids repeat across restarts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def webhook_spec(settings: Settings) -> WebhookSpec:
+    headers: dict[str, str] = {}
+    if settings.webhook_authorization is not None:
+        headers["Authorization"] = settings.webhook_authorization.get_secret_value()
+    return WebhookSpec(url=settings.webhook_url, events=WEBHOOK_EVENTS, headers=headers)
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(
+        concurrency=settings.concurrency,
+        sweep_interval_s=settings.sweep_interval_s,
+        lease_s=settings.lease_s,
+        max_reclaims=settings.max_reclaims,
+        shutdown_grace_s=settings.shutdown_grace_s,
+        retry=RetryPolicy(max_retries=settings.max_retries, base_ms=settings.retry_base_ms),
+        webhook_url=settings.webhook_url,
+        webhook_events=WEBHOOK_EVENTS,
+    )
+
+
+def make_pool(settings: Settings, *, max_size: int | None = None) -> AsyncConnectionPool:
+    size = max_size or min(settings.concurrency, 16) + 2
+    return AsyncConnectionPool(
+        settings.dsn,
+        min_size=min(2, size),
+        max_size=size,
+        open=False,
+        timeout=10.0,
+        name="evolution-listener",
+        kwargs={"autocommit": True, "application_name": "evolution-listener",
+                **KEEPALIVE_KWARGS},
+    )
+
+
+def make_client(settings: Settings) -> EvolutionClient:
+    return EvolutionClient(
+        settings.evolution_api_base_url,
+        settings.evolution_api_key.get_secret_value(),
+        timeout_s=settings.http_timeout_s,
+        max_connections=max(settings.concurrency * 2, 8),
+    )
+
+
+class Service:
+    """The running replica: pool, client, LISTEN connection, worker, ops server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.notifier = SystemdNotifier()
+        self.stop = asyncio.Event()
+        self.pool = make_pool(settings)
+        self.client = make_client(settings)
+        self.owner = replica_id()
+        self.store = QueueStore(self.pool, self.owner, settings.lease_s)
+        self.provisioner = Provisioner(
+            self.client,
+            webhook_spec(settings),
+            integration=settings.integration,
+            prefix=settings.instance_prefix,
+        )
+        self.worker = Worker(worker_config(settings), self.store, self.client,
+                             self.provisioner, self.metrics)
+        self.listen = ListenConnection(
+            settings.dsn,
+            on_notify=lambda note: self.worker.wake(),
+            on_connected=self._on_connected,
+            on_state=lambda up: self.metrics.listen_connected.set(1 if up else 0),
+        )
+        host, port = settings.metrics_host_port
+        self.ops = OpsServer(host, port, self.metrics, self.readiness)
+        self._ready_sent = False
+        self._last_cleanup_day: str | None = None
+
+    def _on_connected(self, reconnected: bool) -> None:
+        if reconnected:
+            self.metrics.listen_reconnects.inc()
+        self.worker.request_sweep()
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.stop.is_set():
+            return False, "shutting down"
+        if not self.listen.connected:
+            return False, f"LISTEN connection down: {self.listen.last_error}"
+        if self.worker.db_error is not None:
+            return False, f"database unreachable: {self.worker.db_error}"
+        reason = self.worker.backoff_reason()
+        if reason is not None:
+            return False, f"backing off: {reason}"
+        if not self.worker.first_sweep_done.is_set():
+            return False, "starting: first sweep not done"
+        return True, "ok"
+
+    def request_stop(self, signame: str) -> None:
+        if not self.stop.is_set():
+            log.info("stopping", extra={"signal": signame,
+                                        "in_flight": self.worker.in_flight})
+            self.notifier.stopping()
+            self.stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        await self.ops.start()
+        await self.pool.open(wait=False)
+        await self.client.start()
+        log.info(
+            "starting",
+            extra={"replica": self.owner, "database": self.settings.dsn_for_display,
+                   "evolution_api": self.settings.evolution_api_base_url,
+                   "webhook_url": self.settings.webhook_url,
+                   "concurrency": self.settings.concurrency,
+                   "metrics": f"http://{self.ops.host}:{self.ops.port}/metrics"},
+        )
+        listen_task = asyncio.create_task(self.listen.run(), name="listen")
+        worker_task = asyncio.create_task(self.worker.run(self.stop), name="worker")
+        house_task = asyncio.create_task(self._housekeeping(worker_task, listen_task),
+                                         name="housekeeping")
+        try:
+            await worker_task
+        finally:
+            for task in (house_task, listen_task):
+                task.cancel()
+            for task in (house_task, listen_task):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.ops.stop()
+            await self.client.close()
+            await self.pool.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("stopped", extra={"completed": self.worker.counts.completed,
+                                   "released": self.worker.counts.released})
+        return 0
+
+    async def _housekeeping(self, worker_task: asyncio.Task[None],
+                            listen_task: asyncio.Task[None]) -> None:
+        """READY once, WATCHDOG while the loop and its tasks live, gauges, daily cleanup."""
+        next_gauges = 0.0
+        while True:
+            if not self._ready_sent and self.listen.connected \
+                    and self.worker.first_sweep_done.is_set():
+                self._ready_sent = True
+                self.notifier.ready("listening")
+                log.info("ready")
+            if self._ready_sent and not worker_task.done() and not listen_task.done():
+                self.notifier.watchdog()
+            now = time.monotonic()
+            if now >= next_gauges:
+                next_gauges = now + GAUGE_REFRESH_S
+                await self._refresh_gauges()
+            await self._maybe_cleanup()
+            await asyncio.sleep(HOUSEKEEPING_TICK_S)
+
+    async def _refresh_gauges(self) -> None:
+        try:
+            depth = await self.store.work_depth()
+        except Exception as error:  # a scrape-side nicety must never kill the loop
+            log.debug("queue gauges not refreshed", extra={"error": str(error)[:200]})
+            return
+        self.metrics.refresh_queue_gauges(
+            {"pending": depth.pending, "processing": depth.processing, "failed": depth.failed},
+            depth.oldest_pending_age_s,
+        )
+
+    async def _maybe_cleanup(self) -> None:
+        at = self.settings.cleanup_schedule
+        if at is None:
+            return
+        now = datetime.now(UTC)
+        today = now.strftime("%Y-%m-%d")
+        if self._last_cleanup_day == today or now.strftime("%H:%M") < at:
+            return
+        self._last_cleanup_day = today
+        try:
+            deleted = await admin.cleanup(self.pool, self.settings.cleanup_older_than_days)
+        except Exception as error:
+            log.error("scheduled cleanup failed", extra={"error": str(error)[:300]})
+            return
+        log.info("scheduled cleanup", extra={"deleted": deleted,
+                                             "older_than_days":
+                                                 self.settings.cleanup_older_than_days})
+
+
+async def run_service(settings: Settings) -> int:
+    return await Service(settings).run()

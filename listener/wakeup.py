@@ -1,0 +1,178 @@
+"""The LISTEN connection: wake the worker on a notification, survive every way it can die.
+
+A notification is a hint, never the truth: the worker always re-reads the table. So this
+module only has to (1) keep one autocommit connection LISTENing, (2) notice quickly when it
+is gone, including a half-open TCP connection that never errors by itself (a probe query
+with a deadline every few seconds, plus TCP keepalives), and (3) after every (re)connect ask
+for a sweep, because notifications sent while disconnected are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from listener.db import queries
+
+log = logging.getLogger("listener.wakeup")
+
+KEEPALIVE_KWARGS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+}
+
+
+@dataclass(frozen=True)
+class QueueNotification:
+    id: int
+    user_id: uuid.UUID
+
+
+class MalformedNotification(ValueError):
+    """A payload on our channel that is not {"id": <int>, "user_id": "<uuid>"}."""
+
+
+def parse_notification(payload: str) -> QueueNotification:
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        raise MalformedNotification("not JSON") from None
+    if not isinstance(data, dict):
+        raise MalformedNotification("not a JSON object")
+    entry_id = data.get("id")
+    if not isinstance(entry_id, int) or isinstance(entry_id, bool):
+        raise MalformedNotification("'id' is not an integer")
+    raw_user = data.get("user_id")
+    if not isinstance(raw_user, str):
+        raise MalformedNotification("'user_id' is not a string")
+    try:
+        user_id = uuid.UUID(raw_user)
+    except ValueError:
+        raise MalformedNotification("'user_id' is not a UUID") from None
+    return QueueNotification(id=entry_id, user_id=user_id)
+
+
+def reconnect_delay_s(failures: int, *, base_s: float = 0.2, cap_s: float = 10.0,
+                      rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff, so replicas do not reconnect in lockstep."""
+    ceiling = min(cap_s, base_s * (2 ** max(0, failures - 1)))
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {text}"[:300]
+
+
+class ListenConnection:
+    """Owns the LISTEN connection; calls `on_notify` per valid notification and
+    `on_connected` after every successful (re)connect."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        on_notify: Callable[[QueueNotification], None],
+        on_connected: Callable[[bool], None],
+        on_state: Callable[[bool], None] = lambda connected: None,
+        probe_interval_s: float = 2.0,
+        probe_timeout_s: float = 3.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self._dsn = dsn
+        self._on_notify = on_notify
+        self._on_connected = on_connected
+        self._on_state = on_state
+        self.probe_interval_s = probe_interval_s
+        self.probe_timeout_s = probe_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.connected = False
+        self.last_error: str | None = "not connected yet"
+        self.connections = 0
+        self._failures = 0
+
+    def _set_connected(self, connected: bool, error: str | None = None) -> None:
+        self.connected = connected
+        self.last_error = error
+        self._on_state(connected)
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        while True:
+            try:
+                conn = await asyncio.wait_for(
+                    psycopg.AsyncConnection.connect(
+                        self._dsn,
+                        autocommit=True,
+                        connect_timeout=max(1, int(self.connect_timeout_s)),
+                        application_name="evolution-listener:listen",
+                        **KEEPALIVE_KWARGS,
+                    ),
+                    self.connect_timeout_s + 1,
+                )
+            except (psycopg.Error, OSError, TimeoutError) as error:
+                self._failures += 1
+                self._set_connected(False, f"cannot connect: {_one_line(error)}")
+                delay = reconnect_delay_s(self._failures)
+                log.warning(
+                    "LISTEN connection failed; retrying",
+                    extra={"error": self.last_error, "retry_in_s": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+                continue
+            try:
+                await self._serve(conn)
+            except (psycopg.Error, OSError, TimeoutError) as error:
+                self._failures += 1
+                self._set_connected(False, f"connection lost: {_one_line(error)}")
+                log.warning("LISTEN connection lost; reconnecting",
+                            extra={"error": self.last_error})
+                await _close_quietly(conn)
+                await asyncio.sleep(reconnect_delay_s(self._failures))
+            except BaseException:
+                await _close_quietly(conn)
+                raise
+
+    async def _serve(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        await asyncio.wait_for(conn.execute(queries.LISTEN), self.probe_timeout_s)
+        reconnected = self.connections > 0
+        self.connections += 1
+        self._failures = 0
+        self._set_connected(True)
+        log.info("listening", extra={"channel": queries.CHANNEL, "reconnect": reconnected})
+        self._on_connected(reconnected)
+        while True:
+            async for note in conn.notifies(timeout=self.probe_interval_s):
+                self._dispatch(note)
+            # No notification for a while: prove the connection is alive, within a deadline.
+            await asyncio.wait_for(conn.execute(queries.PROBE), self.probe_timeout_s)
+
+    def _dispatch(self, note: psycopg.Notify) -> None:
+        if note.channel != queries.CHANNEL:
+            return
+        try:
+            parsed = parse_notification(note.payload)
+        except MalformedNotification as error:
+            log.warning(
+                "ignored malformed notification",
+                extra={"channel": note.channel, "reason": str(error),
+                       "payload": note.payload[:200]},
+            )
+            return
+        self._on_notify(parsed)
+
+
+async def _close_quietly(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+    with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
+        await asyncio.wait_for(conn.close(), 2.0)
