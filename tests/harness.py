@@ -118,7 +118,8 @@ class ServiceProcess:
 
     @property
     def output(self) -> str:
-        self._out.flush()
+        if not self._out.closed:
+            self._out.flush()
         return self.output_path.read_text(errors="replace")
 
     def readyz(self) -> tuple[int, bytes]:

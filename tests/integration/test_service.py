@@ -78,3 +78,269 @@ async def test_signup_is_provisioned_without_waiting_for_the_sweep(
     assert row["processed_at"] is not None and row["error_message"] is None
     assert row["retry_count"] == 0
     assert _creates(sim) == {name: 1}
+
+
+async def _concurrent_signups(dsn: str, count: int, writers: int = 10) -> list[uuid.UUID]:
+    users = [uuid.uuid4() for _ in range(count)]
+
+    async def writer(chunk: list[uuid.UUID]) -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            for user_id in chunk:
+                await conn.execute("INSERT INTO profiles (id) VALUES (%s)", (user_id,))
+
+    await asyncio.gather(*(writer(users[i::writers]) for i in range(writers)))
+    return users
+
+
+async def test_500_concurrent_signups_with_3_replicas_exactly_once(
+    db: TestDatabase, sim: Simulator
+) -> None:
+    sim.options.latency_ms = 2
+    replicas = [
+        await InProcessService(_env(db, sim, LISTENER_CONCURRENCY=16,
+                                    LISTENER_SWEEP_INTERVAL_S=3600)).start()
+        for _ in range(3)
+    ]
+    try:
+        users = await _concurrent_signups(db.dsn, 500)
+        await wait_until(lambda: _all_done(db, users), timeout_s=60, interval_s=0.2)
+    finally:
+        codes = [await r.stop() for r in replicas]
+    assert codes == [0, 0, 0]
+    rows = queue_rows(db.dsn)
+    assert len(rows) == 500
+    # Each row claimed once: a second claim would have bumped `attempts`.
+    assert Counter(r["attempts"] for r in rows.values()) == {1: 500}
+    assert all(r["retry_count"] == 0 for r in rows.values())
+    assert len(instance_rows(db.dsn)) == 500
+    creates = _creates(sim)
+    assert len(creates) == 500 and set(creates.values()) == {1}
+    assert len(sim.instances) == 500
+    # The work was shared: every replica completed some.
+    done_by = [r.service.worker.counts.completed for r in replicas]
+    assert sum(done_by) == 500 and all(n > 0 for n in done_by), done_by
+
+
+def _create_times(sim: Simulator, name: str) -> list[float]:
+    return [r.started_at for r in sim.requests
+            if r.operation == "create_instance" and r.instance == name]
+
+
+async def test_500s_then_success_completes_with_retries_spent(
+    db: TestDatabase, sim: Simulator
+) -> None:
+    service = await InProcessService(_env(db, sim)).start()
+    try:
+        user = uuid.uuid4()
+        name = f"evo-{user}"
+        sim.add_fault(ScriptedFault(kind="status", status=500, operation="create_instance",
+                                    instance=name, times=2))
+        db.query("INSERT INTO profiles (id) VALUES (%s)", (user,))
+        await wait_until(lambda: _all_done(db, [user]), timeout_s=10)
+    finally:
+        await service.stop()
+    row = queue_rows(db.dsn)[user]
+    assert row["retry_count"] == 2 and row["error_message"] is None
+    assert [r.status for r in sim.requests
+            if r.operation == "create_instance" and r.instance == name] == [500, 500, 201]
+    assert user in instance_rows(db.dsn)
+
+
+async def test_always_500_fails_after_three_retries_spaced_by_the_seed_policy(
+    db: TestDatabase, sim: Simulator
+) -> None:
+    service = await InProcessService(_env(db, sim, LISTENER_RETRY_BASE_MS=800)).start()
+    user = uuid.uuid4()
+    name = f"evo-{user}"
+    sim.add_fault(ScriptedFault(kind="status", status=500, operation="create_instance",
+                                instance=name, times=None,
+                                message="Internal failure from the test"))
+    try:
+        db.query("INSERT INTO profiles (id) VALUES (%s)", (user,))
+        await wait_until(lambda: _all_done(db, [user], "failed"), timeout_s=15)
+    finally:
+        await service.stop()
+    row = queue_rows(db.dsn)[user]
+    assert row["retry_count"] == 3
+    assert "Internal failure from the test" in row["error_message"]
+    assert row["processed_at"] is not None
+    times = _create_times(sim, name)
+    assert len(times) == 4
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    for gap, expected in zip(gaps, (0.8, 1.6, 3.2), strict=True):
+        assert expected - 0.05 <= gap <= expected + 0.6, gaps
+    assert user not in instance_rows(db.dsn)
+
+
+async def test_a_400_fails_at_once_with_the_servers_message(
+    db: TestDatabase, sim: Simulator
+) -> None:
+    service = await InProcessService(_env(db, sim)).start()
+    user = uuid.uuid4()
+    name = f"evo-{user}"
+    sim.add_fault(ScriptedFault(kind="status", status=400, operation="create_instance",
+                                instance=name, message=["Invalid integration"]))
+    try:
+        db.query("INSERT INTO profiles (id) VALUES (%s)", (user,))
+        await wait_until(lambda: _all_done(db, [user], "failed"), timeout_s=5)
+    finally:
+        await service.stop()
+    row = queue_rows(db.dsn)[user]
+    assert row["retry_count"] == 0
+    assert "Invalid integration" in row["error_message"]
+    assert len(_create_times(sim, name)) == 1
+
+
+async def test_a_429_waits_its_retry_after_and_spends_no_retry(
+    db: TestDatabase, sim: Simulator
+) -> None:
+    service = await InProcessService(_env(db, sim)).start()
+    user = uuid.uuid4()
+    name = f"evo-{user}"
+    sim.add_fault(ScriptedFault(kind="status", status=429, operation="create_instance",
+                                instance=name, retry_after="1"))
+    try:
+        db.query("INSERT INTO profiles (id) VALUES (%s)", (user,))
+        await wait_until(lambda: _all_done(db, [user]), timeout_s=10)
+    finally:
+        await service.stop()
+    times = _create_times(sim, name)
+    assert len(times) == 2
+    assert 0.95 <= times[1] - times[0] <= 2.0, times
+    assert queue_rows(db.dsn)[user]["retry_count"] == 0
+
+
+async def test_created_but_response_lost_is_adopted_not_duplicated(
+    db: TestDatabase, sim: Simulator
+) -> None:
+    service = await InProcessService(_env(db, sim)).start()
+    user = uuid.uuid4()
+    name = f"evo-{user}"
+    sim.add_fault(ScriptedFault(kind="lose_response", operation="create_instance",
+                                instance=name))
+    try:
+        db.query("INSERT INTO profiles (id) VALUES (%s)", (user,))
+        await wait_until(lambda: _all_done(db, [user]), timeout_s=10)
+    finally:
+        await service.stop()
+    creates = [r for r in sim.requests if r.operation == "create_instance"]
+    assert [(r.outcome, r.status) for r in creates][-1] == ("answered", 403)
+    assert [n for n in sim.instances if n == name] == [name]
+    assert instance_rows(db.dsn)[user]["instance_token"] == sim.instances[name].token
+    assert name in sim.webhooks
+
+
+async def test_an_outage_longer_than_the_retry_window_burns_no_retries(
+    db: TestDatabase, sim: Simulator
+) -> None:
+    # Retry window with these settings: 0.1 + 0.2 + 0.4 s; the outage lasts 3 s.
+    service = await InProcessService(_env(db, sim, LISTENER_RETRY_BASE_MS=100)).start()
+    try:
+        sim.start_outage(duration_s=3.0)
+        outage_started = time.monotonic()
+        users = signup(db.dsn, 20)
+        await wait_until(lambda: not service.service.readiness()[0], timeout_s=3)
+        not_ready_after = time.monotonic() - outage_started
+        assert "backing off" in service.service.readiness()[1]
+        await wait_until(lambda: _all_done(db, users), timeout_s=20, interval_s=0.1)
+        assert service.service.readiness()[0]
+    finally:
+        await service.stop()
+    assert not_ready_after < 3.0
+    rows = queue_rows(db.dsn)
+    assert all(rows[u]["retry_count"] == 0 for u in users), [rows[u]["retry_count"] for u in users]
+    assert len(instance_rows(db.dsn)) == 20
+    assert set(_creates(sim).values()) == {1}
+
+
+async def test_rejected_api_key_backs_off_and_resumes_when_fixed(
+    db: TestDatabase, sim: Simulator
+) -> None:
+    service = await InProcessService(_env(db, sim)).start()
+    try:
+        sim.options.wrong_key = True
+        users = signup(db.dsn, 5)
+        await wait_until(lambda: "API key" in service.service.readiness()[1], timeout_s=3)
+        await asyncio.sleep(1.0)
+        assert not any(r["status"] == "completed" for r in queue_rows(db.dsn).values())
+        sim.options.wrong_key = False
+        await wait_until(lambda: _all_done(db, users), timeout_s=15, interval_s=0.1)
+    finally:
+        await service.stop()
+    assert all(r["retry_count"] == 0 for r in queue_rows(db.dsn).values())
+
+
+async def test_signups_made_while_stopped_are_swept_at_start(
+    db: TestDatabase, sim: Simulator
+) -> None:
+    users = signup(db.dsn, 5)
+    service = await InProcessService(_env(db, sim, LISTENER_SWEEP_INTERVAL_S=3600)).start()
+    try:
+        await wait_until(lambda: _all_done(db, users), timeout_s=5)
+    finally:
+        await service.stop()
+    assert len(_creates(sim)) == 5
+
+
+async def test_malformed_notifications_are_logged_and_ignored(
+    db: TestDatabase, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = await InProcessService(_env(db, sim, LISTENER_SWEEP_INTERVAL_S=3600)).start()
+    payloads = ["not json", "[1, 2]", json.dumps({"id": "x", "user_id": "y"}),
+                json.dumps({"id": 1, "user_id": "not-a-uuid"}), ""]
+    try:
+        with caplog.at_level("WARNING", logger="listener.wakeup"):
+            with psycopg.connect(db.dsn, autocommit=True) as conn:
+                for payload in payloads:
+                    conn.execute("SELECT pg_notify('evolution_instance_creation_queue', %s)",
+                                 (payload,))
+            await wait_until(
+                lambda: sum("malformed" in r.getMessage() for r in caplog.records) >= 5,
+                timeout_s=5)
+        # Still serving.
+        [user] = signup(db.dsn)
+        await wait_until(lambda: _all_done(db, [user]), timeout_s=5)
+    finally:
+        assert await service.stop() == 0
+    reasons = [getattr(r, "reason", "") for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(reasons) == 5 and all(reasons)
+
+
+async def test_a_late_finisher_cannot_overwrite_another_replicas_claim(db: TestDatabase) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    from listener.db.store import InstanceRecord, QueueStore
+
+    [user] = signup(db.dsn)
+    async with AsyncConnectionPool(db.service_dsn, kwargs={"autocommit": True},
+                                   min_size=1, max_size=2) as pool:
+        first = QueueStore(pool, "replica-a", lease_s=60)
+        second = QueueStore(pool, "replica-b", lease_s=60)
+        [mine] = await first.claim(8)
+        db.query("UPDATE evolution_instance_creation_queue "
+                 "SET next_attempt_at = now() - interval '1 second'")
+        [theirs] = await second.claim(8)
+        assert theirs.reclaimed and theirs.attempt == mine.attempt + 1
+        record = InstanceRecord("evo-x", "id", "WHATSAPP-BAILEYS", WEBHOOK, ["SEND_MESSAGE"],
+                                "tok")
+        assert await first.complete(mine, record) is None
+        assert await first.fail(mine, 0, "late") is False
+        assert await first.release(mine, 0, None) is False
+        assert await second.complete(theirs, record) is not None
+    assert queue_rows(db.dsn)[user]["status"] == "completed"
+
+
+async def test_a_row_reclaimed_too_often_is_failed_with_the_reason(
+    db: TestDatabase, sim: Simulator
+) -> None:
+    [user] = signup(db.dsn)
+    db.query("UPDATE evolution_instance_creation_queue SET status = 'processing', "
+             "reclaim_count = 10, lease_owner = 'dead', next_attempt_at = now()")
+    service = await InProcessService(_env(db, sim, LISTENER_MAX_RECLAIMS=10)).start()
+    try:
+        await wait_until(lambda: _all_done(db, [user], "failed"), timeout_s=5)
+    finally:
+        await service.stop()
+    row = queue_rows(db.dsn)[user]
+    assert "reclaimed 11 times" in row["error_message"]
+    assert _creates(sim) == Counter()
