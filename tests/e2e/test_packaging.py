@@ -1,0 +1,68 @@
+"""The SQL migrations ship inside the wheel: `migrate` works from an installed package."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.harness import ROOT
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"building the wheel failed: {result.stderr[-2000:]}")
+    [built] = list(out.glob("evolution_listener-*.whl"))
+    return built
+
+
+def test_wheel_contains_the_migrations(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    sql = sorted(n for n in names if n.startswith("listener/sql/") and n.endswith(".sql"))
+    expected = sorted(f"listener/sql/{p.name}" for p in (ROOT / "sql").glob("*.sql"))
+    assert sql == expected and sql
+
+
+def test_migrate_runs_from_the_unpacked_wheel_outside_the_checkout(
+    wheel: Path, tmp_path: Path, pg_server: object
+) -> None:
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    from tests.pg import PgServer, drop_database, with_database
+
+    assert isinstance(pg_server, PgServer)
+    name = "el_wheel_" + os.urandom(4).hex()
+    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["PYTHONPATH"] = str(site)
+        env["DATABASE_URL"] = with_database(pg_server.admin_dsn, name)
+        run = subprocess.run(
+            [sys.executable, "-c",
+             "import listener, sys; assert 'site' in listener.__file__, listener.__file__; "
+             "from listener.cli import main; sys.exit(main(['migrate']))"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        assert "applied  0001_queue_and_instances.sql" in run.stdout
+        with psycopg.connect(env["DATABASE_URL"]) as conn:
+            assert conn.execute(
+                "SELECT count(*) FROM pg_trigger "
+                "WHERE tgname = 'on_profile_created_create_evolution_instance'"
+            ).fetchone() == (1,)
+    finally:
+        drop_database(pg_server.admin_dsn, name)
+
+
