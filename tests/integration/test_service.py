@@ -6,6 +6,7 @@ Every test asserts the database's final state and the simulator's record.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -166,7 +167,7 @@ async def test_always_500_fails_after_three_retries_spaced_by_the_seed_policy(
     assert row["processed_at"] is not None
     times = _create_times(sim, name)
     assert len(times) == 4
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     for gap, expected in zip(gaps, (0.8, 1.6, 3.2), strict=True):
         assert expected - 0.05 <= gap <= expected + 0.6, gaps
     assert user not in instance_rows(db.dsn)
