@@ -139,7 +139,9 @@ class Settings(DatabaseSettings):
     )
     metrics_addr: str = Field(default="127.0.0.1:9464", validation_alias="LISTENER_METRICS_ADDR")
     instance_prefix: str = Field(default="evo-", validation_alias="LISTENER_INSTANCE_PREFIX")
-    integration: Literal["WHATSAPP-BAILEYS", "WHATSAPP-BUSINESS", "EVOLUTION"] = Field(
+    # WHATSAPP-BUSINESS needs a per-user Meta token and phone number at creation, which a
+    # signup does not carry: every user would fail with a permanent 400, so it is refused.
+    integration: Literal["WHATSAPP-BAILEYS", "EVOLUTION"] = Field(
         default="WHATSAPP-BAILEYS", validation_alias="LISTENER_INTEGRATION"
     )
     log_format: Literal["auto", "json", "text"] = Field(

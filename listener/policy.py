@@ -14,6 +14,7 @@ from listener.evolution.errors import (
     AuthError,
     EvolutionError,
     InvalidResponseError,
+    NotFoundError,
     PermanentError,
     RateLimitedError,
     ServiceUnavailableError,
@@ -31,6 +32,7 @@ class FailureKind(StrEnum):
     """What a failed attempt says about whom: the user's entry, or the service as a whole."""
 
     AUTH = "auth"  # our API key is rejected: the service's problem
+    MISCONFIGURED = "misconfigured"  # the create route itself is missing: wrong base URL
     UNAVAILABLE = "unavailable"  # refused/reset/timeout/502/503/504: maybe down for everyone
     RATE_LIMITED = "rate_limited"  # 429: slow down, not the user's fault
     TRANSIENT = "transient"  # 500, 408, a garbled answer: retry per the user's policy
@@ -44,6 +46,10 @@ def classify(error: BaseException) -> FailureKind:
         return FailureKind.RATE_LIMITED
     if isinstance(error, ServiceUnavailableError):
         return FailureKind.UNAVAILABLE
+    if isinstance(error, NotFoundError) and error.operation == "create_instance":
+        # Create takes no instance in its path: a 404 means the route is not there (a wrong
+        # EVOLUTION_API_BASE_URL), which would fail every user alike.
+        return FailureKind.MISCONFIGURED
     if isinstance(error, AlreadyExistsError | PermanentError):
         return FailureKind.PERMANENT
     if isinstance(error, TransientError | InvalidResponseError | EvolutionError):
@@ -51,6 +57,9 @@ def classify(error: BaseException) -> FailureKind:
     if isinstance(error, TimeoutError | OSError):
         return FailureKind.UNAVAILABLE
     return FailureKind.TRANSIENT
+
+
+_SERVICE_WIDE = frozenset({FailureKind.AUTH, FailureKind.MISCONFIGURED})
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,7 @@ def decide(
     retry_after_s: float | None = None,
 ) -> Decision:
     """What happens to an entry whose attempt failed with `kind`."""
-    if kind is FailureKind.AUTH or (outage_open and kind is not FailureKind.PERMANENT):
+    if kind in _SERVICE_WIDE or (outage_open and kind is not FailureKind.PERMANENT):
         return Decision(Verdict.RELEASE, retry_count, 0.0, message)
     if kind is FailureKind.RATE_LIMITED:
         return Decision(Verdict.RELEASE, retry_count, rate_limit_pause_s(retry_after_s), message)
@@ -150,6 +159,10 @@ class OutageDetector:
             return False
         if kind is FailureKind.AUTH:
             self.open(f"Evolution API rejected the API key: {message}", now)
+            return True
+        if kind is FailureKind.MISCONFIGURED:
+            self.open(f"Evolution API route missing (check EVOLUTION_API_BASE_URL): {message}",
+                      now)
             return True
         if kind is FailureKind.UNAVAILABLE:
             self._failing_entries.add(entry_id)

@@ -76,12 +76,23 @@ def make_pool(settings: Settings, *, max_size: int | None = None) -> AsyncConnec
     )
 
 
-def make_client(settings: Settings) -> EvolutionClient:
+def make_client(settings: Settings, metrics: Metrics | None = None) -> EvolutionClient:
+    observer = None
+    if metrics is not None:
+        durations = metrics.evolution_request_duration
+        errors = metrics.evolution_errors
+
+        def observer(operation: str, duration_s: float, failure: str | None) -> None:
+            durations.labels(operation=operation).observe(duration_s)
+            if failure is not None:
+                errors.labels(operation=operation, status=failure).inc()
+
     return EvolutionClient(
         settings.evolution_api_base_url,
         settings.evolution_api_key.get_secret_value(),
         timeout_s=settings.http_timeout_s,
         max_connections=max(settings.concurrency * 2, 8),
+        observer=observer,
     )
 
 
@@ -94,7 +105,7 @@ class Service:
         self.notifier = SystemdNotifier()
         self.stop = asyncio.Event()
         self.pool = make_pool(settings)
-        self.client = make_client(settings)
+        self.client = make_client(settings, self.metrics)
         self.owner = replica_id()
         self.store = QueueStore(self.pool, self.owner, settings.lease_s)
         self.provisioner = Provisioner(

@@ -21,7 +21,6 @@ from psycopg_pool import PoolTimeout
 from listener.db.store import ClaimedEntry, InstanceRecord, QueueStore
 from listener.evolution.client import EvolutionClient
 from listener.evolution.errors import EvolutionError, ServiceUnavailableError
-from listener.ops.logging import register_secret
 from listener.ops.metrics import Metrics
 from listener.policy import (
     FailureKind,
@@ -71,16 +70,6 @@ class DrainCounts:
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text[:500]
-
-
-def _error_status_label(error: BaseException) -> str:
-    if isinstance(error, ServiceUnavailableError) and error.status is None:
-        return str(error.kind)
-    if isinstance(error, EvolutionError) and error.status is not None:
-        return str(error.status)
-    if isinstance(error, TimeoutError):
-        return "timeout"
-    return "error"
 
 
 class Worker:
@@ -262,8 +251,9 @@ class Worker:
         except Exception as error:  # every failure is decided by the policy, none escapes
             await self._failed(entry, error, fields)
             return
-        if result.instance_token:
-            register_secret(result.instance_token)
+        # No register_secret(token) per entry: it recompiled one regex of every token ever
+        # seen (O(n) per entry, unbounded memory); tokens are never logged, and the client
+        # redacts them from its errors. (bench: issue 7)
         record = InstanceRecord(
             instance_name=result.instance_name,
             instance_id=result.instance_id,
@@ -292,14 +282,12 @@ class Worker:
                       fields: dict[str, object]) -> None:
         kind = classify(error)
         message = _one_line(error)
-        operation = error.operation if isinstance(error, EvolutionError) else "provision"
-        self.metrics.evolution_errors.labels(
-            operation=operation, status=_error_status_label(error)).inc()
         retry_after = getattr(error, "retry_after_s", None)
         now = time.monotonic()
         if kind is FailureKind.RATE_LIMITED:
             self.rate_pause.extend(now, rate_limit_pause_s(retry_after))
-        elif kind in (FailureKind.AUTH, FailureKind.UNAVAILABLE) and not self.outage.is_open:
+        elif kind in (FailureKind.AUTH, FailureKind.MISCONFIGURED, FailureKind.UNAVAILABLE) \
+                and not self.outage.is_open:
             opened = self.outage.record_failure(kind, entry.id, now, message)
             if not opened and kind is FailureKind.UNAVAILABLE:
                 healthy, reason = await self._probe_once()
@@ -421,6 +409,7 @@ class Worker:
         if self._probe_loop is not None:
             self._probe_loop.cancel()
         if not self._inflight:
+            self._cancel_probe()
             return
         log.info("draining in-flight work", extra={"in_flight": len(self._inflight),
                                                      "grace_s": self.config.shutdown_grace_s})
@@ -437,3 +426,8 @@ class Worker:
                 self._count("released")
         if pending:
             log.info("released unfinished entries", extra={"released": len(pending)})
+        self._cancel_probe()
+
+    def _cancel_probe(self) -> None:
+        if self._probe_task is not None and not self._probe_task.done():
+            self._probe_task.cancel()

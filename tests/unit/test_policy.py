@@ -52,6 +52,8 @@ def test_seed_retry_delays() -> None:
         (NotFoundError("gone", operation="x", status=404), FailureKind.PERMANENT),
         (AlreadyExistsError("in use", operation="create_instance", status=403),
          FailureKind.PERMANENT),
+        (NotFoundError("Cannot POST /instance/create", operation="create_instance",
+                       status=404), FailureKind.MISCONFIGURED),
         (TimeoutError(), FailureKind.UNAVAILABLE),
         (ConnectionResetError(), FailureKind.UNAVAILABLE),
         (ValueError("bug"), FailureKind.TRANSIENT),
@@ -103,6 +105,13 @@ def test_zero_retries_policy_fails_first_failure() -> None:
 def test_reclaim_limit() -> None:
     assert not reclaim_limit_exceeded(10, 10)
     assert reclaim_limit_exceeded(11, 10)
+
+
+def test_a_missing_create_route_releases_and_opens_the_back_off() -> None:
+    assert _decide(FailureKind.MISCONFIGURED, 0) == (Verdict.RELEASE, 0, 0.0)
+    d = OutageDetector()
+    assert d.record_failure(FailureKind.MISCONFIGURED, 1, now=0, message="404")
+    assert "EVOLUTION_API_BASE_URL" in (d.reason or "")
 
 
 def test_outage_opens_on_auth_at_once() -> None:
