@@ -345,3 +345,32 @@ async def test_a_row_reclaimed_too_often_is_failed_with_the_reason(
     row = queue_rows(db.dsn)[user]
     assert "reclaimed 11 times" in row["error_message"]
     assert _creates(sim) == Counter()
+
+
+async def test_scheduled_cleanup_runs_inside_the_service(
+    db: TestDatabase, sim: Simulator
+) -> None:
+    old, recent = signup(db.dsn, 2)
+    db.query("UPDATE evolution_instance_creation_queue SET status = 'completed', "
+             "processed_at = now() - interval '40 days' WHERE user_id = %s", (old,))
+    db.query("UPDATE evolution_instance_creation_queue SET status = 'completed', "
+             "processed_at = now() - interval '2 days' WHERE user_id = %s", (recent,))
+    # 00:00 UTC has always passed today: the service runs today's cleanup at once.
+    service = await InProcessService(_env(db, sim, LISTENER_CLEANUP_AT="00:00")).start()
+    try:
+        await wait_until(lambda: old not in queue_rows(db.dsn), timeout_s=5)
+    finally:
+        await service.stop()
+    assert recent in queue_rows(db.dsn)
+
+
+async def test_scheduled_cleanup_is_off_by_default(db: TestDatabase, sim: Simulator) -> None:
+    [old] = signup(db.dsn, 1)
+    db.query("UPDATE evolution_instance_creation_queue SET status = 'completed', "
+             "processed_at = now() - interval '40 days'")
+    service = await InProcessService(_env(db, sim)).start()
+    try:
+        await asyncio.sleep(1.5)
+    finally:
+        await service.stop()
+    assert old in queue_rows(db.dsn)
