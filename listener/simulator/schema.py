@@ -16,6 +16,8 @@ import json
 import re
 from typing import Any
 
+from listener.evolution.models import ALL_WEBHOOK_EVENTS
+
 __all__ = [
     "CREATE_FLAT_EVENTS",
     "INSTANCE_SCHEMA",
@@ -27,39 +29,9 @@ __all__ = [
 ]
 
 # EventController.events: what POST /webhook/set accepts, and what `events: []` expands to.
-WEBHOOK_EVENTS: tuple[str, ...] = (
-    "APPLICATION_STARTUP",
-    "QRCODE_UPDATED",
-    "MESSAGES_SET",
-    "MESSAGES_UPSERT",
-    "MESSAGES_EDITED",
-    "MESSAGES_UPDATE",
-    "MESSAGES_DELETE",
-    "SEND_MESSAGE",
-    "SEND_MESSAGE_UPDATE",
-    "CONTACTS_SET",
-    "CONTACTS_UPSERT",
-    "CONTACTS_UPDATE",
-    "PRESENCE_UPDATE",
-    "CHATS_SET",
-    "CHATS_UPSERT",
-    "CHATS_UPDATE",
-    "CHATS_DELETE",
-    "GROUPS_UPSERT",
-    "GROUP_UPDATE",
-    "GROUP_PARTICIPANTS_UPDATE",
-    "CONNECTION_UPDATE",
-    "LABELS_EDIT",
-    "LABELS_ASSOCIATION",
-    "CALL",
-    "TYPEBOT_START",
-    "TYPEBOT_CHANGE_STATUS",
-    "REMOVE_INSTANCE",
-    "LOGOUT_INSTANCE",
-    "INSTANCE_CREATE",
-    "INSTANCE_DELETE",
-    "STATUS_INSTANCE",
-)
+# One list for the client and the simulator; the contract replay (whose recorded error
+# messages spell the enum out) checks it against the real server.
+WEBHOOK_EVENTS: tuple[str, ...] = ALL_WEBHOOK_EVENTS
 # The flat (ignored) `webhookEvents`/`rabbitmqEvents`/... fields of create use 26 names.
 CREATE_FLAT_EVENTS: tuple[str, ...] = WEBHOOK_EVENTS[:26]
 INTEGRATIONS: tuple[str, ...] = ("WHATSAPP-BUSINESS", "WHATSAPP-BAILEYS", "EVOLUTION")
