@@ -82,8 +82,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     except MigrationError as error:
         _err(f"migrate: {error}")
         return EXIT_FAILURE
-    except psycopg.Error as error:
+    except psycopg.OperationalError as error:
         _err(f"migrate: cannot reach {settings.dsn_for_display}: {_one_line(error)}")
+        return EXIT_FAILURE
+    except psycopg.Error as error:  # reached, but refused (e.g. the service's own role)
+        _err(f"migrate: failed on {settings.dsn_for_display}: {_one_line(error)} -> run it "
+             "with an owner's DATABASE_URL")
         return EXIT_FAILURE
     for name in report.applied:
         print(f"applied  {name}")
@@ -104,9 +108,17 @@ def _dsn_secrets(settings: DatabaseSettings) -> list[str]:
 # --- stats / retry / cleanup ----------------------------------------------------------------
 
 
+async def _check_database(dsn: str) -> None:
+    """One direct connection first: an unreachable database fails at once with its real
+    reason (a pool would retry for its whole timeout, then only say "incomplete")."""
+    conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=10)
+    await conn.close()
+
+
 def _with_pool(settings: DatabaseSettings,
                action: Callable[[AsyncConnectionPool], Any]) -> Any:
     async def runner() -> Any:
+        await _check_database(settings.dsn)
         pool = _db_pool(settings)
         await pool.open(wait=True, timeout=15.0)
         try:
@@ -145,6 +157,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if bool(args.user_id) == bool(args.all_failed):
         _err("retry: give either USER_ID or --all-failed")
         return EXIT_USAGE
+    # A usage error is reported as such (exit 2) before the configuration is even read.
+    user_id = None if args.all_failed else _parse_uuid(args.user_id)
+    if not args.all_failed and user_id is None:
+        return EXIT_USAGE
     settings = load_settings(DatabaseSettings)
     _configure_logging(secrets=_dsn_secrets(settings))
     from listener import admin
@@ -153,9 +169,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         count = _with_pool(settings, admin.retry_all_failed)
         print(f"reset {count} failed entries to pending")
         return EXIT_OK
-    user_id = _parse_uuid(args.user_id)
-    if user_id is None:
-        return EXIT_USAGE
+    assert user_id is not None
     previous = _with_pool(settings, lambda pool: admin.retry_user(pool, user_id))
     if previous is None:
         _err(f"retry: no failed or completed entry for user {user_id}")
@@ -196,6 +210,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
     from listener.service import Service
 
     async def runner() -> int:
+        await _check_database(settings.dsn)
         service = Service(settings)
         await service.pool.open(wait=True, timeout=15.0)
         await service.client.start()
@@ -224,6 +239,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
     from listener.service import Service
 
     async def runner() -> int:
+        await _check_database(settings.dsn)
         service = Service(settings)
         await service.pool.open(wait=True, timeout=15.0)
         await service.client.start()
@@ -339,9 +355,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands that parse their own flags: argparse.REMAINDER cannot take an option-like first
+# argument (`simulator --port 8080`, `demo --help` were rejected as unrecognized arguments).
+_PASSTHROUGH = {"demo": cmd_demo, "simulator": cmd_simulator}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if argv and argv[0] in _PASSTHROUGH:
+        rest = argv[1:]
+        args = argparse.Namespace(command=argv[0], func=_PASSTHROUGH[argv[0]],
+                                  demo_args=rest, simulator_args=rest)
+    else:
+        args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
         return code
