@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -204,9 +204,8 @@ def _parse_uuid(raw: str) -> uuid.UUID | None:
 # --- drain / provision ----------------------------------------------------------------------
 
 
-def cmd_drain(args: argparse.Namespace) -> int:
-    settings = load_settings(Settings)
-    _configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets())
+def _with_service(settings: Settings, action: Callable[[Any], Awaitable[int]]) -> int:
+    """Run `action(service)` with the service's pool and client open, without its loop."""
     from listener.service import Service
 
     async def runner() -> int:
@@ -215,10 +214,20 @@ def cmd_drain(args: argparse.Namespace) -> int:
         await service.pool.open(wait=True, timeout=15.0)
         await service.client.start()
         try:
-            counts = await service.worker.drain()
+            return await action(service)
         finally:
             await service.client.close()
             await service.pool.close()
+
+    return asyncio.run(runner())
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    settings = load_settings(Settings)
+    _configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets())
+
+    async def drain(service: Any) -> int:
+        counts = await service.worker.drain()
         print(f"completed={counts.completed} retried={counts.retried} failed={counts.failed} "
               f"released={counts.released}")
         if service.worker.outage.is_open:
@@ -226,7 +235,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         return EXIT_FAILURE if counts.failed else EXIT_OK
 
-    return asyncio.run(runner())
+    return _with_service(settings, drain)
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
@@ -236,43 +245,32 @@ def cmd_provision(args: argparse.Namespace) -> int:
     settings = load_settings(Settings)
     _configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets())
     from listener.db import queries
-    from listener.service import Service
 
-    async def runner() -> int:
-        await _check_database(settings.dsn)
-        service = Service(settings)
-        await service.pool.open(wait=True, timeout=15.0)
-        await service.client.start()
-        try:
-            return await _provision(service, user_id, args.force)
-        finally:
-            await service.client.close()
-            await service.pool.close()
-
-    async def _provision(service: Any, user: uuid.UUID, force: bool) -> int:
+    async def queue_row(service: Any) -> Any:
         async with service.pool.connection() as conn:
-            cursor = await conn.execute(queries.QUEUE_ROW_BY_USER, {"user_id": user})
-            row = await cursor.fetchone()
-        if row is not None and row[2] == "completed" and not force:
-            print(f"user {user}: already completed; use --force to re-apply its webhook")
+            cursor = await conn.execute(queries.QUEUE_ROW_BY_USER, {"user_id": user_id})
+            return await cursor.fetchone()
+
+    async def provision(service: Any) -> int:
+        row = await queue_row(service)
+        if row is not None and row[2] == "completed" and not args.force:
+            print(f"user {user_id}: already completed; use --force to re-apply its webhook")
             return EXIT_OK
         if row is None:
-            await service.store.enqueue(user)
-            print(f"queued: user {user}")
-        entry = await service.store.claim_user(user)
+            await service.store.enqueue(user_id)
+            print(f"queued: user {user_id}")
+        entry = await service.store.claim_user(user_id)
         if entry is None:
-            _err(f"user {user} is being processed by another replica right now")
+            _err(f"user {user_id} is being processed by another replica right now")
             return EXIT_FAILURE
         print(f"claimed: queue_id={entry.id} attempt={entry.retry_count + 1}")
         await service.worker.process_entry(entry, echo=print)
-        async with service.pool.connection() as conn:
-            cursor = await conn.execute(queries.QUEUE_ROW_BY_USER, {"user_id": user})
-            final = await cursor.fetchone()
+        final = await queue_row(service)
         status, error = (final[2], final[4]) if final else ("missing", None)
         print(f"status: {status}" + (f" ({error})" if error else ""))
         return EXIT_OK if status == "completed" else EXIT_FAILURE
 
-    return asyncio.run(runner())
+    return _with_service(settings, provision)
 
 
 # --- doctor / demo / simulator --------------------------------------------------------------

@@ -20,7 +20,7 @@ from psycopg_pool import PoolTimeout
 
 from listener.db.store import ClaimedEntry, InstanceRecord, QueueStore
 from listener.evolution.client import EvolutionClient
-from listener.evolution.errors import EvolutionError, ServiceUnavailableError
+from listener.evolution.errors import EvolutionError
 from listener.ops.metrics import Metrics
 from listener.policy import (
     FailureKind,

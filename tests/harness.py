@@ -115,11 +115,13 @@ class ServiceProcess:
             env=full, stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         self.metrics_url = f"http://{self.env['LISTENER_METRICS_ADDR']}"
+        self._final_output: str | None = None
 
     @property
     def output(self) -> str:
-        if not self._out.closed:
-            self._out.flush()
+        if self._final_output is not None:
+            return self._final_output
+        self._out.flush()
         return self.output_path.read_text(errors="replace")
 
     def readyz(self) -> tuple[int, bytes]:
@@ -157,10 +159,14 @@ class ServiceProcess:
         self.close()
 
     def close(self) -> None:
+        """Kill if still running; keep the output in memory, remove the file."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        self._out.close()
+        if self._final_output is None:
+            self._out.close()
+            self._final_output = self.output_path.read_text(errors="replace")
+            self.output_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
