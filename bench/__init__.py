@@ -1,0 +1,1 @@
+"""Benchmarks of evolution-listener (`make bench`): reports figures, never asserts timings."""
