@@ -18,7 +18,7 @@ from typing import TypeVar
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from listener.db.store import ClaimedEntry, InstanceRecord, QueueStore
+from listener.db.store import ClaimedEntry, CompletionBatcher, InstanceRecord, QueueStore
 from listener.evolution.client import EvolutionClient
 from listener.evolution.errors import EvolutionError
 from listener.ops.metrics import Metrics
@@ -94,6 +94,11 @@ class Worker:
         self.db_error: str | None = None
         self.first_sweep_done = asyncio.Event()
         self._wake = asyncio.Event()
+        self._capacity_bound = False
+        self._draining = False
+        self._completions = CompletionBatcher(
+            store, config.webhook_url, list(config.webhook_events)
+        )
         self._sweep_requested = True
         self._inflight: dict[asyncio.Task[None], ClaimedEntry] = {}
         self._probe_task: asyncio.Task[tuple[bool, str]] | None = None
@@ -162,15 +167,16 @@ class Worker:
         while True:
             free = self.config.concurrency - len(self._inflight)
             if free <= 0:
-                return self.config.sweep_interval_s  # a finishing task wakes us
-            entries = await self.store.claim(free)
+                self._capacity_bound = True  # a finishing task wakes us
+                return self.config.sweep_interval_s
+            entries, next_due_s = await self.store.claim(free)
             self._db_ok()
             for entry in entries:
                 self._dispatch(entry)
             if len(entries) == free:
                 continue
-            delay = await self.store.seconds_until_next_due()
-            return self.config.sweep_interval_s if delay is None else max(0.0, delay)
+            self._capacity_bound = False
+            return self.config.sweep_interval_s if next_due_s is None else max(0.0, next_due_s)
 
     async def _wait(self, stop: asyncio.Event, delay_s: float) -> None:
         if stop.is_set() or self._wake.is_set():
@@ -192,7 +198,10 @@ class Worker:
         self._inflight.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("provisioning task crashed", extra={"error": _one_line(task.exception())})  # type: ignore[arg-type]
-        self._wake.set()
+        # Freed capacity matters only if the last claim was limited by it (more may be due);
+        # otherwise waking would only cost a claim that finds nothing.
+        if self._capacity_bound or self._draining:
+            self._wake.set()
 
     # --- one entry --------------------------------------------------------------------------
 
@@ -203,13 +212,14 @@ class Worker:
 
     async def drain(self) -> DrainCounts:
         """Process every entry due now, once, then return (the `drain` command)."""
+        self._draining = True
         while True:
             self._wake.clear()
             blocked = self.outage.is_open or self.rate_pause.remaining_s(time.monotonic()) > 0
             entries: list[ClaimedEntry] = []
             free = self.config.concurrency - len(self._inflight)
             if not blocked and free > 0:
-                entries = await self.store.claim(free)
+                entries, _next_due = await self.store.claim(free)
                 for entry in entries:
                     self._dispatch(entry)
             if not self._inflight and (blocked or not entries):
@@ -258,12 +268,10 @@ class Worker:
             instance_name=result.instance_name,
             instance_id=result.instance_id,
             integration=result.integration,
-            webhook_url=self.config.webhook_url,
-            webhook_events=list(self.config.webhook_events),
             instance_token=result.instance_token,
         )
         self.outage.record_success()
-        latency = await self._settle(entry, lambda: self.store.complete(entry, record))
+        latency = await self._settle(entry, lambda: self._completions.complete(entry, record))
         if latency is None:
             self.counts.lost += 1
             log.warning("lease lost before completion; another replica owns the entry",
@@ -314,6 +322,8 @@ class Worker:
             log.warning("lease lost before settling a failure", extra=fields)
             return
         self._count(outcome)
+        if outcome != "failed":
+            self._wake.set()  # a new due time: the loop re-reads when to wake next
         level = logging.ERROR if outcome == "failed" else logging.WARNING
         log.log(level, outcome, extra={**fields, "error": message, "kind": str(kind),
                                        "retry_count": decision.retry_count,

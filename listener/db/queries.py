@@ -47,7 +47,9 @@ NOTIFY_SELF: Final = "SELECT pg_catalog.pg_notify(%(channel)s, %(payload)s)"
 
 # Due pending rows and processing rows whose lease expired, oldest due first, skipping rows
 # another replica holds locked. The partial index on next_attempt_at keeps this proportional
-# to the work due.
+# to the work due. The same statement says how long until the next row not claimed here is
+# due (a scheduled retry, a lease to rescue), so a wake-up costs one round trip: one row per
+# claimed entry, or one row of NULLs carrying only next_due_s when nothing was claimed.
 CLAIM_DUE: Final = """
 WITH due AS (
     SELECT id, status AS previous_status
@@ -57,27 +59,30 @@ WITH due AS (
     ORDER BY next_attempt_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE public.evolution_instance_creation_queue AS q
+    SET status = 'processing',
+        attempts = q.attempts + 1,
+        reclaim_count = q.reclaim_count
+            + CASE WHEN due.previous_status = 'processing' THEN 1 ELSE 0 END,
+        lease_owner = %(owner)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+        next_attempt_at = now() + make_interval(secs => %(lease_s)s),
+        updated_at = now()
+    FROM due
+    WHERE q.id = due.id
+    RETURNING q.id, q.user_id, q.retry_count, q.attempts, q.reclaim_count,
+              due.previous_status, q.created_at
+), upcoming AS (
+    SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8 AS next_due_s
+    FROM public.evolution_instance_creation_queue
+    WHERE status IN ('pending', 'processing')
+      AND id NOT IN (SELECT id FROM due)
 )
-UPDATE public.evolution_instance_creation_queue AS q
-SET status = 'processing',
-    attempts = q.attempts + 1,
-    reclaim_count = q.reclaim_count
-        + CASE WHEN due.previous_status = 'processing' THEN 1 ELSE 0 END,
-    lease_owner = %(owner)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_s)s),
-    next_attempt_at = now() + make_interval(secs => %(lease_s)s),
-    updated_at = now()
-FROM due
-WHERE q.id = due.id
-RETURNING q.id, q.user_id, q.retry_count, q.attempts, q.reclaim_count,
-          due.previous_status, q.created_at
-"""
-
-# Seconds until the earliest due row (a scheduled retry or a lease to rescue), or NULL.
-SECONDS_UNTIL_NEXT_DUE: Final = """
-SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8
-FROM public.evolution_instance_creation_queue
-WHERE status IN ('pending', 'processing')
+SELECT c.id, c.user_id, c.retry_count, c.attempts, c.reclaim_count, c.previous_status,
+       c.created_at, u.next_due_s
+FROM upcoming AS u
+LEFT JOIN claimed AS c ON true
 """
 
 _LEASE_IS_OURS: Final = """
@@ -87,10 +92,16 @@ WHERE id = %(id)s
   AND attempts = %(attempt)s
 """
 
-# The instance record and the queue's `completed` commit together, in one statement.
-COMPLETE: Final = f"""
-WITH done AS (
-    UPDATE public.evolution_instance_creation_queue
+# The instance records and the queue's `completed` commit together, in one statement, for
+# a batch of entries finished at about the same time. Each row keeps its own lease check.
+COMPLETE_MANY: Final = """
+WITH input AS (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(instance_names)s::text[],
+                %(instance_ids)s::text[], %(integrations)s::text[], %(tokens)s::text[])
+         AS t(id, attempt, instance_name, instance_id, integration, instance_token)
+), done AS (
+    UPDATE public.evolution_instance_creation_queue AS q
     SET status = 'completed',
         processed_at = now(),
         error_message = NULL,
@@ -98,24 +109,31 @@ WITH done AS (
         lease_expires_at = NULL,
         next_attempt_at = now(),
         updated_at = now()
-    {_LEASE_IS_OURS}
-    RETURNING user_id, created_at
+    FROM input
+    WHERE q.id = input.id
+      AND q.status = 'processing'
+      AND q.lease_owner = %(owner)s
+      AND q.attempts = input.attempt
+    RETURNING q.id, q.user_id, q.created_at
+), recorded AS (
+    INSERT INTO public.evolution_instances AS i
+        (user_id, instance_name, instance_id, integration, webhook_url, webhook_events,
+         instance_token)
+    SELECT done.user_id, input.instance_name, input.instance_id, input.integration,
+           %(webhook_url)s, %(webhook_events)s, input.instance_token
+    FROM done JOIN input ON input.id = done.id
+    ON CONFLICT (user_id) DO UPDATE
+    SET instance_name = EXCLUDED.instance_name,
+        instance_id = EXCLUDED.instance_id,
+        integration = EXCLUDED.integration,
+        webhook_url = EXCLUDED.webhook_url,
+        webhook_events = EXCLUDED.webhook_events,
+        instance_token = COALESCE(EXCLUDED.instance_token, i.instance_token),
+        updated_at = now()
+    RETURNING i.user_id
 )
-INSERT INTO public.evolution_instances AS i
-    (user_id, instance_name, instance_id, integration, webhook_url, webhook_events,
-     instance_token)
-SELECT done.user_id, %(instance_name)s, %(instance_id)s, %(integration)s, %(webhook_url)s,
-       %(webhook_events)s, %(instance_token)s
-FROM done
-ON CONFLICT (user_id) DO UPDATE
-SET instance_name = EXCLUDED.instance_name,
-    instance_id = EXCLUDED.instance_id,
-    integration = EXCLUDED.integration,
-    webhook_url = EXCLUDED.webhook_url,
-    webhook_events = EXCLUDED.webhook_events,
-    instance_token = COALESCE(EXCLUDED.instance_token, i.instance_token),
-    updated_at = now()
-RETURNING (SELECT EXTRACT(EPOCH FROM (clock_timestamp() - done.created_at))::float8 FROM done)
+SELECT done.id, EXTRACT(EPOCH FROM (clock_timestamp() - done.created_at))::float8
+FROM done JOIN recorded ON recorded.user_id = done.user_id
 """
 
 SCHEDULE_RETRY: Final = f"""

@@ -6,6 +6,7 @@ every transition out of `processing` is a compare-and-set on the claim (see quer
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,8 +35,6 @@ class InstanceRecord:
     instance_name: str
     instance_id: str | None
     integration: str
-    webhook_url: str
-    webhook_events: list[str]
     instance_token: str | None
 
 
@@ -75,13 +74,16 @@ class QueueStore:
             cursor = await conn.execute(sql.encode(), params)
             return await cursor.fetchall() if cursor.description else []
 
-    async def claim(self, limit: int) -> list[ClaimedEntry]:
-        if limit <= 0:
-            return []
+    async def claim(self, limit: int) -> tuple[list[ClaimedEntry], float | None]:
+        """Claim up to `limit` due entries; also seconds until the next unclaimed row is
+        due (None when the queue holds no work at all)."""
         rows = await self._fetchall(
-            queries.CLAIM_DUE, {"limit": limit, "owner": self.owner, "lease_s": self.lease_s}
+            queries.CLAIM_DUE,
+            {"limit": max(0, limit), "owner": self.owner, "lease_s": self.lease_s},
         )
-        return [_entry(row) for row in rows]
+        entries = [_entry(row) for row in rows if row[0] is not None]
+        next_due = rows[0][7] if rows else None
+        return entries, None if next_due is None else float(next_due)
 
     async def claim_user(self, user_id: uuid.UUID) -> ClaimedEntry | None:
         rows = await self._fetchall(
@@ -93,29 +95,30 @@ class QueueStore:
     async def enqueue(self, user_id: uuid.UUID) -> None:
         await self._fetchall(queries.ENQUEUE_USER, {"user_id": user_id})
 
-    async def seconds_until_next_due(self) -> float | None:
-        rows = await self._fetchall(queries.SECONDS_UNTIL_NEXT_DUE, {})
-        value = rows[0][0] if rows else None
-        return None if value is None else float(value)
-
-    async def complete(self, entry: ClaimedEntry, record: InstanceRecord) -> float | None:
-        """Record the instance and mark the entry completed, together; the latency from the
-        entry's insert in seconds, or None when the lease was lost (nothing written)."""
+    async def complete_many(
+        self, done: list[tuple[ClaimedEntry, InstanceRecord]], webhook_url: str,
+        webhook_events: list[str],
+    ) -> dict[int, float]:
+        """Record the instances and mark the entries completed, together, in one statement.
+        Returns {entry id: seconds since its insert} for the entries whose lease still held;
+        an entry missing from it lost its lease and nothing of it was written."""
+        if not done:
+            return {}
         rows = await self._fetchall(
-            queries.COMPLETE,
+            queries.COMPLETE_MANY,
             {
-                **self._cas(entry),
-                "instance_name": record.instance_name,
-                "instance_id": record.instance_id,
-                "integration": record.integration,
-                "webhook_url": record.webhook_url,
-                "webhook_events": record.webhook_events,
-                "instance_token": record.instance_token,
+                "owner": self.owner,
+                "ids": [e.id for e, _ in done],
+                "attempts": [e.attempt for e, _ in done],
+                "instance_names": [r.instance_name for _, r in done],
+                "instance_ids": [r.instance_id for _, r in done],
+                "integrations": [r.integration for _, r in done],
+                "tokens": [r.instance_token for _, r in done],
+                "webhook_url": webhook_url,
+                "webhook_events": webhook_events,
             },
         )
-        if not rows:
-            return None
-        return float(rows[0][0]) if rows[0][0] is not None else 0.0
+        return {int(row[0]): float(row[1]) for row in rows}
 
     async def schedule_retry(
         self, entry: ClaimedEntry, retry_count: int, delay_s: float, error: str
@@ -155,3 +158,47 @@ class QueueStore:
     async def ping(self) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(queries.PROBE)
+
+
+class CompletionBatcher:
+    """Completes entries in batches: under load, everything that finished while the last
+    batch was being written goes out in the next statement; at low load a batch is one entry
+    and waits for nothing (one scheduler turn)."""
+
+    def __init__(self, store: QueueStore, webhook_url: str, webhook_events: list[str],
+                 max_batch: int = 64) -> None:
+        self.store = store
+        self.webhook_url = webhook_url
+        self.webhook_events = webhook_events
+        self.max_batch = max_batch
+        self._waiting: list[tuple[ClaimedEntry, InstanceRecord, asyncio.Future[float | None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def complete(self, entry: ClaimedEntry, record: InstanceRecord) -> float | None:
+        """Seconds since the entry's insert, or None when its lease was lost."""
+        future: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((entry, record, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            await asyncio.sleep(0)  # let entries finishing in this same turn join the batch
+            batch = self._waiting[: self.max_batch]
+            del self._waiting[: self.max_batch]
+            try:
+                latencies = await self.store.complete_many(
+                    [(entry, record) for entry, record, _ in batch],
+                    self.webhook_url, self.webhook_events,
+                )
+            except BaseException as error:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+                continue
+            for entry, _, future in batch:
+                if not future.done():
+                    future.set_result(latencies.get(entry.id))

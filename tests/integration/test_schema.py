@@ -237,8 +237,10 @@ def test_claim_uses_the_due_index_and_ignores_finished_rows(db: TestDatabase) ->
     due_index = "evolution_instance_creation_queue_due_idx"
     due_scans = [n for n in scans if n.get("Index Name") == due_index]
     assert due_scans, scans
-    # It reads only due rows: none filtered out, none beyond the batch.
-    assert all(int(n.get("Rows Removed by Filter", 0)) == 0 for n in due_scans)  # type: ignore[call-overload]
-    assert all(int(n["Actual Rows"]) <= 8 for n in due_scans)  # type: ignore[call-overload]
+    # Each scan reads only rows still to do, a batch's worth: the claim reads the batch, the
+    # look-ahead for the next due row skips the batch it just claimed and stops at the next.
+    for node in due_scans:
+        read = int(node["Actual Rows"]) + int(node.get("Rows Removed by Filter", 0))  # type: ignore[call-overload]
+        assert read <= 2 * 8 + 1, node
     # 100 times more finished rows, the same pages touched (give or take a B-tree level).
     assert _blocks(large) <= 1.5 * _blocks(small), (_blocks(small), _blocks(large))

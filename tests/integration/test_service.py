@@ -317,18 +317,38 @@ async def test_a_late_finisher_cannot_overwrite_another_replicas_claim(db: TestD
                                    min_size=1, max_size=2) as pool:
         first = QueueStore(pool, "replica-a", lease_s=60)
         second = QueueStore(pool, "replica-b", lease_s=60)
-        [mine] = await first.claim(8)
+        [mine], _ = await first.claim(8)
         db.query("UPDATE evolution_instance_creation_queue "
                  "SET next_attempt_at = now() - interval '1 second'")
-        [theirs] = await second.claim(8)
+        [theirs], next_due = await second.claim(8)
+        assert next_due is None  # nothing else in the queue
         assert theirs.reclaimed and theirs.attempt == mine.attempt + 1
-        record = InstanceRecord("evo-x", "id", "WHATSAPP-BAILEYS", WEBHOOK, ["SEND_MESSAGE"],
-                                "tok")
-        assert await first.complete(mine, record) is None
+        record = InstanceRecord("evo-x", "id", "WHATSAPP-BAILEYS", "tok")
+        assert await first.complete_many([(mine, record)], WEBHOOK, ["SEND_MESSAGE"]) == {}
         assert await first.fail(mine, 0, "late") is False
         assert await first.release(mine, 0, None) is False
-        assert await second.complete(theirs, record) is not None
+        done = await second.complete_many([(theirs, record)], WEBHOOK, ["SEND_MESSAGE"])
+        assert list(done) == [theirs.id]
     assert queue_rows(db.dsn)[user]["status"] == "completed"
+
+
+async def test_claim_reports_when_the_next_unclaimed_row_is_due(db: TestDatabase) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    from listener.db.store import QueueStore
+
+    now_user, later_user = signup(db.dsn, 2)
+    db.query("UPDATE evolution_instance_creation_queue "
+             "SET next_attempt_at = now() + interval '30 seconds' WHERE user_id = %s",
+             (later_user,))
+    async with AsyncConnectionPool(db.service_dsn, kwargs={"autocommit": True},
+                                   min_size=1, max_size=1) as pool:
+        store = QueueStore(pool, "replica-a", lease_s=60)
+        claimed, next_due = await store.claim(8)
+        assert [e.user_id for e in claimed] == [now_user]
+        assert next_due is not None and 28 < next_due <= 30
+        claimed, next_due = await store.claim(8)
+        assert claimed == [] and next_due is not None and 28 < next_due <= 30
 
 
 async def test_a_row_reclaimed_too_often_is_failed_with_the_reason(
