@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from listener import __version__
+from listener import __version__, aio
 from listener.config import (
     EX_CONFIG,
     ConfigError,
@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from listener.service import run_service
 
     try:
-        return asyncio.run(run_service(settings))
+        return aio.run(run_service(settings))
     except OSError as error:  # e.g. the metrics port is taken
         _err(_one_line(error))
         return EXIT_FAILURE

@@ -52,6 +52,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from listener import aio
 from listener.simulator.behaviour import Call, EvolutionBehaviour, Reply, dumps, envelope
 from listener.simulator.options import (
     OutageMode,
@@ -991,7 +992,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host}: the control endpoints need no key", file=sys.stderr)
     try:
-        return asyncio.run(_main_async(args.host, args.port, options))
+        return aio.run(_main_async(args.host, args.port, options))
     except OSError as error:
         print(f"error: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1
