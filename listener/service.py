@@ -126,6 +126,7 @@ class Service:
         self.ops = OpsServer(host, port, self.metrics, self.readiness)
         self._ready_sent = False
         self._last_cleanup_day: str | None = None
+        self._cleanup_task: asyncio.Task[None] | None = None
 
     def _on_connected(self, reconnected: bool) -> None:
         if reconnected:
@@ -175,9 +176,12 @@ class Service:
         try:
             await worker_task
         finally:
-            for task in (house_task, listen_task):
+            tasks = [house_task, listen_task]
+            if self._cleanup_task is not None:
+                tasks.append(self._cleanup_task)
+            for task in tasks:
                 task.cancel()
-            for task in (house_task, listen_task):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await self.ops.stop()
@@ -228,6 +232,10 @@ class Service:
         if self._last_cleanup_day == today or now.strftime("%H:%M") < at:
             return
         self._last_cleanup_day = today
+        # Its own task: a long cleanup must not hold up READY/WATCHDOG pings.
+        self._cleanup_task = asyncio.create_task(self._cleanup(), name="cleanup")
+
+    async def _cleanup(self) -> None:
         try:
             deleted = await admin.cleanup(self.pool, self.settings.cleanup_older_than_days)
         except Exception as error:

@@ -30,6 +30,9 @@ KEEPALIVE_KWARGS: dict[str, Any] = {
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 2,
+    # Unacknowledged data (a query sent into a dead connection) gives up after 10 s instead
+    # of the kernel's ~15 minutes of retransmissions; keepalives do not cover that case.
+    "tcp_user_timeout": 10_000,
 }
 
 
@@ -138,6 +141,12 @@ class ListenConnection:
                 self._set_connected(False, f"connection lost: {_one_line(error)}")
                 log.warning("LISTEN connection lost; reconnecting",
                             extra={"error": self.last_error})
+                await _close_quietly(conn)
+                await asyncio.sleep(reconnect_delay_s(self._failures))
+            except Exception as error:  # a bug here must not leave "connected" claimed
+                self._failures += 1
+                self._set_connected(False, f"listener failed: {_one_line(error)}")
+                log.error("LISTEN loop failed; reconnecting", extra={"error": self.last_error})
                 await _close_quietly(conn)
                 await asyncio.sleep(reconnect_delay_s(self._failures))
             except BaseException:

@@ -42,6 +42,8 @@ T = TypeVar("T")
 DB_ERRORS = (psycopg.Error, PoolTimeout, OSError)
 DB_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
 MIN_IDLE_WAIT_S = 0.02
+LOCKED_ROW_BACKOFF_S = 0.05  # doubling to 1.6 s while due rows stay locked elsewhere
+SHUTDOWN_RELEASE_BOUND_S = 5.0
 PROBE_TIMEOUT_S = 2.5
 PROBE_RESULT_TTL_S = 1.0
 
@@ -96,6 +98,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._capacity_bound = False
         self._draining = False
+        self._locked_waits = 0
         self._completions = CompletionBatcher(
             store, config.webhook_url, list(config.webhook_events)
         )
@@ -176,7 +179,15 @@ class Worker:
             if len(entries) == free:
                 continue
             self._capacity_bound = False
-            return self.config.sweep_interval_s if next_due_s is None else max(0.0, next_due_s)
+            if next_due_s is None:
+                return self.config.sweep_interval_s
+            if next_due_s <= 0 and not entries:
+                # Due but not ours to take: locked by another replica's claim or an open
+                # transaction. Back off instead of polling at the idle floor.
+                self._locked_waits = min(self._locked_waits + 1, 6)
+                return float(LOCKED_ROW_BACKOFF_S * 2 ** (self._locked_waits - 1))
+            self._locked_waits = 0
+            return max(0.0, next_due_s)
 
     async def _wait(self, stop: asyncio.Event, delay_s: float) -> None:
         if stop.is_set() or self._wake.is_set():
@@ -396,7 +407,10 @@ class Worker:
     async def _probe_until_recovered(self) -> None:
         while self.outage.is_open:
             await asyncio.sleep(self.outage.next_probe_delay_s())
-            healthy, reason = await self._probe()
+            try:
+                healthy, reason = await self._probe()
+            except Exception as error:  # keep probing: nothing else would close the back-off
+                healthy, reason = False, _one_line(error)
             if healthy:
                 down_for = time.monotonic() - (self.outage.opened_at or time.monotonic())
                 self.outage.close()
@@ -407,9 +421,6 @@ class Worker:
                 self._wake.set()
                 return
             log.debug("probe failed", extra={"reason": reason})
-
-    async def _release_now(self, entry: ClaimedEntry) -> bool:
-        return bool(await self._settle(entry, lambda: self.store.release(entry, 0.0, None)))
 
     # --- shutdown ---------------------------------------------------------------------------
 
@@ -431,8 +442,17 @@ class Worker:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for task in pending:
-            if await self._release_now(entries[task]):
+        # One attempt each, together, under one bound: the unit's TimeoutStopSec must not be
+        # outlived; what is not released here waits for its lease to expire.
+        results: list[bool | BaseException] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_RELEASE_BOUND_S):
+                results = await asyncio.gather(
+                    *(self.store.release(entries[task], 0.0, None) for task in pending),
+                    return_exceptions=True,
+                )
+        for released in results:
+            if released is True:
                 self._count("released")
         if pending:
             log.info("released unfinished entries", extra={"released": len(pending)})

@@ -114,14 +114,14 @@ WITH input AS (
       AND q.status = 'processing'
       AND q.lease_owner = %(owner)s
       AND q.attempts = input.attempt
-    RETURNING q.id, q.user_id, q.created_at
+    RETURNING q.id, q.attempts, q.user_id, q.created_at
 ), recorded AS (
     INSERT INTO public.evolution_instances AS i
         (user_id, instance_name, instance_id, integration, webhook_url, webhook_events,
          instance_token)
     SELECT done.user_id, input.instance_name, input.instance_id, input.integration,
            %(webhook_url)s, %(webhook_events)s, input.instance_token
-    FROM done JOIN input ON input.id = done.id
+    FROM done JOIN input ON input.id = done.id AND input.attempt = done.attempts
     ON CONFLICT (user_id) DO UPDATE
     SET instance_name = EXCLUDED.instance_name,
         instance_id = EXCLUDED.instance_id,
@@ -132,21 +132,29 @@ WITH input AS (
         updated_at = now()
     RETURNING i.user_id
 )
-SELECT done.id, EXTRACT(EPOCH FROM (clock_timestamp() - done.created_at))::float8
+SELECT done.id, done.attempts,
+       EXTRACT(EPOCH FROM (clock_timestamp() - done.created_at))::float8
 FROM done JOIN recorded ON recorded.user_id = done.user_id
 """
 
+# Other replicas are told too: the row is not due yet, but their claim answers with its due
+# time, so whichever replica is alive then takes it, even if this one has stopped.
 SCHEDULE_RETRY: Final = f"""
-UPDATE public.evolution_instance_creation_queue
-SET status = 'pending',
-    retry_count = %(retry_count)s,
-    error_message = %(error)s,
-    next_attempt_at = now() + make_interval(secs => %(delay_s)s),
-    lease_owner = NULL,
-    lease_expires_at = NULL,
-    updated_at = now()
-{_LEASE_IS_OURS}
-RETURNING id
+WITH scheduled AS (
+    UPDATE public.evolution_instance_creation_queue
+    SET status = 'pending',
+        retry_count = %(retry_count)s,
+        error_message = %(error)s,
+        next_attempt_at = now() + make_interval(secs => %(delay_s)s),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        updated_at = now()
+    {_LEASE_IS_OURS}
+    RETURNING id, user_id
+)
+SELECT id, pg_catalog.pg_notify('{CHANNEL}',
+               json_build_object('id', id, 'user_id', user_id)::text)
+FROM scheduled
 """
 
 FAIL: Final = f"""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from listener.db import queries
@@ -98,10 +99,10 @@ class QueueStore:
     async def complete_many(
         self, done: list[tuple[ClaimedEntry, InstanceRecord]], webhook_url: str,
         webhook_events: list[str],
-    ) -> dict[int, float]:
+    ) -> dict[tuple[int, int], float]:
         """Record the instances and mark the entries completed, together, in one statement.
-        Returns {entry id: seconds since its insert} for the entries whose lease still held;
-        an entry missing from it lost its lease and nothing of it was written."""
+        Returns {(entry id, attempt): seconds since its insert} for the claims whose lease
+        still held; a claim missing from it lost its lease and nothing of it was written."""
         if not done:
             return {}
         rows = await self._fetchall(
@@ -118,7 +119,7 @@ class QueueStore:
                 "webhook_events": webhook_events,
             },
         )
-        return {int(row[0]): float(row[1]) for row in rows}
+        return {(int(row[0]), int(row[1])): float(row[2]) for row in rows}
 
     async def schedule_retry(
         self, entry: ClaimedEntry, retry_count: int, delay_s: float, error: str
@@ -187,18 +188,29 @@ class CompletionBatcher:
             await asyncio.sleep(0)  # let entries finishing in this same turn join the batch
             batch = self._waiting[: self.max_batch]
             del self._waiting[: self.max_batch]
-            try:
-                latencies = await self.store.complete_many(
-                    [(entry, record) for entry, record, _ in batch],
-                    self.webhook_url, self.webhook_events,
-                )
-            except BaseException as error:
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                if isinstance(error, asyncio.CancelledError):
-                    raise
-                continue
-            for entry, _, future in batch:
+            await self._write(batch)
+
+    async def _write(
+        self, batch: list[tuple[ClaimedEntry, InstanceRecord, asyncio.Future[float | None]]]
+    ) -> None:
+        try:
+            latencies = await self.store.complete_many(
+                [(entry, record) for entry, record, _ in batch],
+                self.webhook_url, self.webhook_events,
+            )
+        except BaseException as error:
+            if len(batch) > 1 and isinstance(error, psycopg.Error) \
+                    and not isinstance(error, psycopg.OperationalError):
+                # One row's data error must not fail its neighbours: write them one by one.
+                for item in batch:
+                    await self._write([item])
+                return
+            for _, _, future in batch:
                 if not future.done():
-                    future.set_result(latencies.get(entry.id))
+                    future.set_exception(error)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            return
+        for entry, _, future in batch:
+            if not future.done():
+                future.set_result(latencies.get((entry.id, entry.attempt)))

@@ -328,7 +328,7 @@ async def test_a_late_finisher_cannot_overwrite_another_replicas_claim(db: TestD
         assert await first.fail(mine, 0, "late") is False
         assert await first.release(mine, 0, None) is False
         done = await second.complete_many([(theirs, record)], WEBHOOK, ["SEND_MESSAGE"])
-        assert list(done) == [theirs.id]
+        assert list(done) == [(theirs.id, theirs.attempt)]
     assert queue_rows(db.dsn)[user]["status"] == "completed"
 
 
@@ -394,3 +394,85 @@ async def test_scheduled_cleanup_is_off_by_default(db: TestDatabase, sim: Simula
     finally:
         await service.stop()
     assert old in queue_rows(db.dsn)
+
+
+async def test_one_bad_row_does_not_fail_its_batch_neighbours(db: TestDatabase) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    from listener.db.store import CompletionBatcher, InstanceRecord, QueueStore
+
+    users = signup(db.dsn, 3)
+    taken = uuid.uuid4()
+    db.query("INSERT INTO evolution_instances (user_id, instance_name, integration, "
+             "webhook_url, webhook_events) VALUES (%s, 'evo-taken', 'X', 'u', '{}')", (taken,))
+    async with AsyncConnectionPool(db.service_dsn, kwargs={"autocommit": True},
+                                   min_size=1, max_size=2) as pool:
+        store = QueueStore(pool, "replica-a", lease_s=60)
+        entries, _ = await store.claim(8)
+        batcher = CompletionBatcher(store, WEBHOOK, ["SEND_MESSAGE"])
+        names = {e.id: ("evo-taken" if i == 1 else f"evo-{e.user_id}")
+                 for i, e in enumerate(entries)}
+        results = await asyncio.gather(
+            *(batcher.complete(e, InstanceRecord(names[e.id], "id", "X", "tok"))
+              for e in entries),
+            return_exceptions=True,
+        )
+    assert isinstance(results[1], psycopg.errors.UniqueViolation)
+    assert all(isinstance(r, float) for i, r in enumerate(results) if i != 1), results
+    rows = queue_rows(db.dsn)
+    assert sorted(rows[u]["status"] for u in users) == ["completed", "completed", "processing"]
+
+
+async def test_a_stale_and_a_current_claim_of_one_row_in_one_batch(db: TestDatabase) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    from listener.db.store import CompletionBatcher, InstanceRecord, QueueStore
+
+    [user] = signup(db.dsn)
+    async with AsyncConnectionPool(db.service_dsn, kwargs={"autocommit": True},
+                                   min_size=1, max_size=2) as pool:
+        store = QueueStore(pool, "replica-a", lease_s=60)
+        [stale], _ = await store.claim(8)
+        db.query("UPDATE evolution_instance_creation_queue "
+                 "SET next_attempt_at = now() - interval '1 second'")
+        [current], _ = await store.claim(8)
+        batcher = CompletionBatcher(store, WEBHOOK, ["SEND_MESSAGE"])
+        old, new = await asyncio.gather(
+            batcher.complete(stale, InstanceRecord("evo-stale", "old-id", "X", "old")),
+            batcher.complete(current, InstanceRecord(f"evo-{user}", "new-id", "X", "new")),
+        )
+    assert old is None and isinstance(new, float)
+    instance = instance_rows(db.dsn)[user]
+    assert (instance["instance_id"], instance["instance_token"]) == ("new-id", "new")
+
+
+async def test_a_due_row_locked_elsewhere_is_not_polled_in_a_tight_loop(
+    db: TestDatabase, sim: Simulator
+) -> None:
+    service = await InProcessService(_env(db, sim, LISTENER_SWEEP_INTERVAL_S=3600)).start()
+    store = service.service.store
+    claims = 0
+    original = store.claim
+
+    async def counting_claim(limit: int) -> object:
+        nonlocal claims
+        claims += 1
+        return await original(limit)
+
+    store.claim = counting_claim  # type: ignore[method-assign]
+    try:
+        user = uuid.uuid4()
+        with psycopg.connect(db.dsn) as locker:
+            locker.execute("INSERT INTO evolution_instance_creation_queue (user_id) VALUES (%s)",
+                           (user,))
+            locker.commit()
+            locker.execute("SELECT 1 FROM evolution_instance_creation_queue "
+                           "WHERE user_id = %s FOR UPDATE", (user,))
+            service.service.worker.wake()
+            await asyncio.sleep(2.0)
+            locked_claims = claims
+        # Lock gone: the row is taken within the back-off's bound.
+        await wait_until(lambda: _all_done(db, [user]), timeout_s=5)
+    finally:
+        await service.stop()
+    assert 2 <= locked_claims <= 12, locked_claims
