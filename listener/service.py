@@ -203,7 +203,8 @@ class Service:
                 self._ready_sent = True
                 self.notifier.ready("listening")
                 log.info("ready")
-            if self._ready_sent and not worker_task.done() and not listen_task.done():
+            if self._ready_sent and not worker_task.done() and not listen_task.done() \
+                    and not self.worker.stalled():
                 self.notifier.watchdog()
             now = time.monotonic()
             if now >= next_gauges:

@@ -44,6 +44,7 @@ DB_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
 MIN_IDLE_WAIT_S = 0.02
 LOCKED_ROW_BACKOFF_S = 0.05  # doubling to 1.6 s while due rows stay locked elsewhere
 SHUTDOWN_RELEASE_BOUND_S = 5.0
+STALL_LIMIT_S = 60.0  # pool wait (10 s) + tcp_user_timeout (10 s) end a healthy claim sooner
 PROBE_TIMEOUT_S = 2.5
 PROBE_RESULT_TTL_S = 1.0
 
@@ -67,6 +68,11 @@ class DrainCounts:
     failed: int = 0
     released: int = 0
     lost: int = 0
+
+
+def _is_connectivity_error(error: BaseException) -> bool:
+    """The database could not be reached or the connection broke (worth waiting for)."""
+    return isinstance(error, psycopg.OperationalError | PoolTimeout | OSError)
 
 
 def _one_line(error: BaseException) -> str:
@@ -107,7 +113,7 @@ class Worker:
         self._probe_task: asyncio.Task[tuple[bool, str]] | None = None
         self._probe_loop: asyncio.Task[None] | None = None
         self._last_probe: tuple[float, bool, str] | None = None
-        self._loop_tick = time.monotonic()
+        self._busy_since: float | None = None
 
     # --- signals from outside ---------------------------------------------------------------
 
@@ -123,10 +129,11 @@ class Worker:
     def in_flight(self) -> int:
         return len(self._inflight)
 
-    @property
-    def loop_age_s(self) -> float:
-        """Seconds since the loop last went round: the watchdog's liveness signal."""
-        return time.monotonic() - self._loop_tick
+    def stalled(self, limit_s: float = STALL_LIMIT_S) -> bool:
+        """True when a claim round has been stuck for longer than `limit_s` (a hung query
+        that no timeout ended): the watchdog stops pinging and systemd restarts us."""
+        busy_since = self._busy_since
+        return busy_since is not None and time.monotonic() - busy_since > limit_s
 
     def backoff_reason(self) -> str | None:
         return self.outage.reason
@@ -137,7 +144,6 @@ class Worker:
         next_sweep = time.monotonic()
         try:
             while not stop.is_set():
-                self._loop_tick = time.monotonic()
                 self._wake.clear()
                 now = time.monotonic()
                 if now >= next_sweep:
@@ -149,12 +155,15 @@ class Worker:
                 if paused > 0:
                     await self._wait(stop, paused)
                     continue
+                self._busy_since = time.monotonic()
                 try:
                     timeout = await self._claim_round()
                 except DB_ERRORS as error:
                     self._db_failed(error)
                     await self._wait(stop, 1.0)
                     continue
+                finally:
+                    self._busy_since = None
                 if self._sweep_requested:
                     self._sweep_requested = False
                     self.metrics.sweeps.inc()
@@ -354,6 +363,12 @@ class Worker:
                 self._db_ok()
                 return result
             except DB_ERRORS as error:
+                if not _is_connectivity_error(error):
+                    # The statement itself was refused (a data error): retrying it cannot help,
+                    # and the database is not unreachable. The lease expires; a reclaim retries.
+                    log.error("could not record the outcome; the lease will expire",
+                              extra={"user_id": str(entry.user_id), "error": _one_line(error)})
+                    return None
                 self._db_failed(error)
                 if delay is None:
                     log.error("could not record the outcome; the lease will expire",

@@ -476,3 +476,27 @@ async def test_a_due_row_locked_elsewhere_is_not_polled_in_a_tight_loop(
     finally:
         await service.stop()
     assert 2 <= locked_claims <= 12, locked_claims
+
+
+async def test_a_hung_claim_is_reported_as_stalled_for_the_watchdog(
+    db: TestDatabase, sim: Simulator
+) -> None:
+    service = await InProcessService(_env(db, sim, LISTENER_SWEEP_INTERVAL_S=3600)).start()
+    worker = service.service.worker
+    release = asyncio.Event()
+    original = service.service.store.claim
+
+    async def hanging_claim(limit: int) -> object:
+        await release.wait()
+        return await original(limit)
+
+    try:
+        assert not worker.stalled(limit_s=0.2)
+        service.service.store.claim = hanging_claim  # type: ignore[method-assign]
+        worker.wake()
+        await wait_until(lambda: worker.stalled(limit_s=0.2), timeout_s=3)
+        release.set()
+        await wait_until(lambda: not worker.stalled(limit_s=0.2), timeout_s=3)
+    finally:
+        release.set()
+        await service.stop()
