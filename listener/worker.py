@@ -260,9 +260,12 @@ class Worker:
                         "reclaims": entry.reclaim_count})
         if reclaim_limit_exceeded(entry.reclaim_count, self.config.max_reclaims):
             message = reclaim_failure_message(entry.reclaim_count)
-            await self._settle(entry, lambda: self.store.fail(entry, entry.retry_count, message))
-            self._count("failed")
-            log.error("failed: reclaim limit", extra={**fields, "error": message})
+            if await self._settle(
+                    entry, lambda: self.store.fail(entry, entry.retry_count, message)):
+                self._count("failed")
+                log.error("failed: reclaim limit", extra={**fields, "error": message})
+            else:
+                self.counts.lost += 1
             return
 
         log.info("provisioning", extra=fields)
