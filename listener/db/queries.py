@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Final
 
 CHANNEL: Final = "evolution_instance_creation_queue"
-QUEUE_TABLE: Final = "public.evolution_instance_creation_queue"
 TRIGGER_NAME: Final = "on_profile_created_create_evolution_instance"
 
 # --- migrations ---------------------------------------------------------------------------
@@ -201,13 +200,6 @@ QUEUE_ROW_BY_USER: Final = """
 SELECT id, user_id, status, retry_count, error_message, created_at, updated_at, processed_at,
        next_attempt_at, lease_owner, attempts, reclaim_count
 FROM public.evolution_instance_creation_queue
-WHERE user_id = %(user_id)s
-"""
-
-INSTANCE_BY_USER: Final = """
-SELECT user_id, instance_name, instance_id, integration, webhook_url, webhook_events,
-       created_at, updated_at
-FROM public.evolution_instances
 WHERE user_id = %(user_id)s
 """
 
