@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings(DatabaseSettings)
-    _configure_logging(secrets=_dsn_secrets(settings))
+    _configure_logging(secrets=settings.secrets())
     from listener.db.migrate import MigrationError, migrate
 
     try:
@@ -96,13 +96,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if not report.applied:
         print(f"up to date ({len(report.already)} migrations applied)")
     return EXIT_OK
-
-
-def _dsn_secrets(settings: DatabaseSettings) -> list[str]:
-    from listener.config import _dsn_password
-
-    password = _dsn_password(settings.dsn)
-    return [password] if password else []
 
 
 # --- stats / retry / cleanup ----------------------------------------------------------------
@@ -131,7 +124,7 @@ def _with_pool(settings: DatabaseSettings,
 
 def cmd_stats(args: argparse.Namespace) -> int:
     settings = load_settings(DatabaseSettings)
-    _configure_logging(secrets=_dsn_secrets(settings))
+    _configure_logging(secrets=settings.secrets())
     from listener import admin
 
     result = _with_pool(settings, lambda pool: admin.stats(pool, args.recent))
@@ -162,7 +155,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if not args.all_failed and user_id is None:
         return EXIT_USAGE
     settings = load_settings(DatabaseSettings)
-    _configure_logging(secrets=_dsn_secrets(settings))
+    _configure_logging(secrets=settings.secrets())
     from listener import admin
 
     if args.all_failed:
@@ -183,7 +176,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         _err("cleanup: --older-than must be at least 1 day")
         return EXIT_USAGE
     settings = load_settings(DatabaseSettings)
-    _configure_logging(secrets=_dsn_secrets(settings))
+    _configure_logging(secrets=settings.secrets())
     from listener import admin
 
     deleted = _with_pool(

@@ -109,6 +109,11 @@ class DatabaseSettings(BaseSettings):
     def dsn_for_display(self) -> str:
         return redact_dsn(self.dsn)
 
+    def secrets(self) -> list[str]:
+        """The secret values this config holds (the DSN's password), for log redaction."""
+        password = _dsn_password(self.dsn)
+        return [password] if password else []
+
 
 class Settings(DatabaseSettings):
     """Everything `run` needs (SPEC §5)."""
@@ -239,10 +244,7 @@ class Settings(DatabaseSettings):
         found = [self.evolution_api_key.get_secret_value()]
         if self.webhook_authorization is not None:
             found.append(self.webhook_authorization.get_secret_value())
-        password = _dsn_password(self.dsn)
-        if password:
-            found.append(password)
-        return found
+        return found + super().secrets()
 
 
 def _dsn_password(dsn: str) -> str | None:
