@@ -136,17 +136,16 @@ class ListenConnection:
                 continue
             try:
                 await self._serve(conn)
-            except (psycopg.Error, OSError, TimeoutError) as error:
+            except Exception as error:  # even a bug here must not leave "connected" claimed
                 self._failures += 1
-                self._set_connected(False, f"connection lost: {_one_line(error)}")
-                log.warning("LISTEN connection lost; reconnecting",
-                            extra={"error": self.last_error})
-                await _close_quietly(conn)
-                await asyncio.sleep(reconnect_delay_s(self._failures))
-            except Exception as error:  # a bug here must not leave "connected" claimed
-                self._failures += 1
-                self._set_connected(False, f"listener failed: {_one_line(error)}")
-                log.error("LISTEN loop failed; reconnecting", extra={"error": self.last_error})
+                if isinstance(error, psycopg.Error | OSError | TimeoutError):
+                    self._set_connected(False, f"connection lost: {_one_line(error)}")
+                    log.warning("LISTEN connection lost; reconnecting",
+                                extra={"error": self.last_error})
+                else:
+                    self._set_connected(False, f"listener failed: {_one_line(error)}")
+                    log.error("LISTEN loop failed; reconnecting",
+                              extra={"error": self.last_error})
                 await _close_quietly(conn)
                 await asyncio.sleep(reconnect_delay_s(self._failures))
             except BaseException:
