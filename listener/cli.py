@@ -26,6 +26,7 @@ from listener.config import (
     Settings,
     load_settings,
 )
+from listener.text import one_line
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -36,10 +37,6 @@ def _err(message: str) -> None:
     print(f"evolution-listener: {message}", file=sys.stderr, flush=True)
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:500] or type(error).__name__
-
-
 def _configure_logging(fmt: str = "auto", level: str = "WARNING", *, secrets: Sequence[str] = (),
                        to_stderr: bool = True) -> None:
     from listener.ops.logging import configure_logging
@@ -48,9 +45,9 @@ def _configure_logging(fmt: str = "auto", level: str = "WARNING", *, secrets: Se
 
 
 def _db_pool(settings: DatabaseSettings, size: int = 2) -> AsyncConnectionPool:
-    return AsyncConnectionPool(settings.dsn, min_size=1, max_size=size, open=False,
-                               timeout=15.0, kwargs={"autocommit": True,
-                                                     "application_name": "evolution-listener"})
+    from listener.db.pool import make_pool
+
+    return make_pool(settings.dsn, min_size=1, max_size=size, timeout_s=15.0)
 
 
 # --- run ------------------------------------------------------------------------------------
@@ -65,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return aio.run(run_service(settings))
     except OSError as error:  # e.g. the metrics port is taken
-        _err(_one_line(error))
+        _err(one_line(error))
         return EXIT_FAILURE
 
 
@@ -83,10 +80,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         _err(f"migrate: {error}")
         return EXIT_FAILURE
     except psycopg.OperationalError as error:
-        _err(f"migrate: cannot reach {settings.dsn_for_display}: {_one_line(error)}")
+        _err(f"migrate: cannot reach {settings.dsn_for_display}: {one_line(error)}")
         return EXIT_FAILURE
     except psycopg.Error as error:  # reached, but refused (e.g. the service's own role)
-        _err(f"migrate: failed on {settings.dsn_for_display}: {_one_line(error)} -> run it "
+        _err(f"migrate: failed on {settings.dsn_for_display}: {one_line(error)} -> run it "
              "with an owner's DATABASE_URL")
         return EXIT_FAILURE
     for name in report.applied:
@@ -366,12 +363,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(str(error))
         return EX_CONFIG
     except psycopg.OperationalError as error:
-        _err(f"database unreachable: {_one_line(error)}")
+        _err(f"database unreachable: {one_line(error)}")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # the last line of defence: one line, no traceback
         from listener.ops.logging import redact_text
 
-        _err(f"{args.command} failed: {type(error).__name__}: {redact_text(_one_line(error))}")
+        _err(f"{args.command} failed: {type(error).__name__}: {redact_text(one_line(error))}")
         return EXIT_FAILURE

@@ -28,6 +28,7 @@ from listener.db import queries
 from listener.db.migrate import pending_migrations
 from listener.evolution.client import EvolutionClient
 from listener.evolution.errors import AuthError, EvolutionError
+from listener.text import one_line
 
 CHECK_TIMEOUT_S = 5.0
 
@@ -40,7 +41,7 @@ class Check:
 
 
 def _line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300] or type(error).__name__
+    return one_line(error, 300)
 
 
 class Doctor:

@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from listener import admin
 from listener.config import WEBHOOK_EVENTS, Settings
+from listener.db import pool as db_pool
 from listener.db.store import QueueStore
 from listener.evolution.client import EvolutionClient
 from listener.evolution.models import WebhookSpec
@@ -28,7 +29,7 @@ from listener.ops.metrics import Metrics
 from listener.ops.sdnotify import SystemdNotifier
 from listener.policy import RetryPolicy
 from listener.provision import Provisioner
-from listener.wakeup import KEEPALIVE_KWARGS, ListenConnection
+from listener.wakeup import ListenConnection
 from listener.worker import Worker, WorkerConfig
 
 log = logging.getLogger("listener.service")
@@ -63,17 +64,8 @@ def worker_config(settings: Settings) -> WorkerConfig:
 
 
 def make_pool(settings: Settings, *, max_size: int | None = None) -> AsyncConnectionPool:
-    size = max_size or min(settings.concurrency, 16) + 2
-    return AsyncConnectionPool(
-        settings.dsn,
-        min_size=min(2, size),
-        max_size=size,
-        open=False,
-        timeout=10.0,
-        name="evolution-listener",
-        kwargs={"autocommit": True, "application_name": "evolution-listener",
-                **KEEPALIVE_KWARGS},
-    )
+    return db_pool.make_pool(settings.dsn,
+                             max_size=max_size or min(settings.concurrency, 16) + 2)
 
 
 def make_client(settings: Settings, metrics: Metrics | None = None) -> EvolutionClient:

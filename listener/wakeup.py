@@ -17,24 +17,14 @@ import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 
 from listener.db import queries
+from listener.db.pool import KEEPALIVE_KWARGS
+from listener.text import one_line
 
 log = logging.getLogger("listener.wakeup")
-
-KEEPALIVE_KWARGS: dict[str, Any] = {
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 2,
-    # Unacknowledged data (a query sent into a dead connection) gives up after 10 s instead
-    # of the kernel's ~15 minutes of retransmissions; keepalives do not cover that case.
-    "tcp_user_timeout": 10_000,
-}
-
 
 @dataclass(frozen=True)
 class QueueNotification:
@@ -73,9 +63,9 @@ def reconnect_delay_s(failures: int, *, base_s: float = 0.2, cap_s: float = 10.0
     return (rng or random).uniform(ceiling / 2, ceiling)
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return f"{type(error).__name__}: {text}"[:300]
+def _describe(error: BaseException) -> str:
+    """The type says more than the text for connection errors ("OSError: timed out")."""
+    return one_line(f"{type(error).__name__}: {error}", 300)
 
 
 class ListenConnection:
@@ -126,7 +116,7 @@ class ListenConnection:
                 )
             except (psycopg.Error, OSError, TimeoutError) as error:
                 self._failures += 1
-                self._set_connected(False, f"cannot connect: {_one_line(error)}")
+                self._set_connected(False, f"cannot connect: {_describe(error)}")
                 delay = reconnect_delay_s(self._failures)
                 log.warning(
                     "LISTEN connection failed; retrying",
@@ -139,11 +129,11 @@ class ListenConnection:
             except Exception as error:  # even a bug here must not leave "connected" claimed
                 self._failures += 1
                 if isinstance(error, psycopg.Error | OSError | TimeoutError):
-                    self._set_connected(False, f"connection lost: {_one_line(error)}")
+                    self._set_connected(False, f"connection lost: {_describe(error)}")
                     log.warning("LISTEN connection lost; reconnecting",
                                 extra={"error": self.last_error})
                 else:
-                    self._set_connected(False, f"listener failed: {_one_line(error)}")
+                    self._set_connected(False, f"listener failed: {_describe(error)}")
                     log.error("LISTEN loop failed; reconnecting",
                               extra={"error": self.last_error})
                 await _close_quietly(conn)

@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
+from listener.text import one_line
+
 __all__ = [
     "AlreadyExistsError",
     "AuthError",
@@ -72,17 +74,6 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
     return _GENERATED_TOKEN.sub(MASK, text)
 
 
-def _one_line(text: str, limit: int = DETAIL_LIMIT) -> str:
-    """Collapse whitespace; keep first and last line of long multi-line texts (Prisma dumps)."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    collapsed = _WS.sub(" ", text).strip()
-    if len(collapsed) > limit and len(lines) > 2:
-        collapsed = _WS.sub(" ", f"{lines[0]} … {lines[-1]}")
-    if len(collapsed) > limit:
-        collapsed = collapsed[: limit - 1].rstrip() + "…"
-    return collapsed
-
-
 def _render_message(message: Any) -> str:
     """Flatten Evolution's `response.message`: a string, an array, or an array of arrays."""
     if isinstance(message, str):
@@ -116,8 +107,8 @@ def parse_error_message(body: bytes | str | None, content_type: str | None) -> s
     try:
         value = json.loads(text)
     except ValueError:
-        return _one_line(_non_json_summary(raw, text, content_type))
-    return _one_line(_json_summary(value) or "empty message")
+        return one_line(_non_json_summary(raw, text, content_type), DETAIL_LIMIT)
+    return one_line(_json_summary(value) or "empty message", DETAIL_LIMIT)
 
 
 def _json_summary(value: Any) -> str:
@@ -184,7 +175,7 @@ class EvolutionError(Exception):
         status: int | None = None,
         secrets: Iterable[str | None] = (),
     ) -> None:
-        self.detail = _one_line(redact(detail, secrets))
+        self.detail = one_line(redact(detail, secrets), DETAIL_LIMIT)
         self.operation = operation
         self.status = status
         super().__init__(self.__str__())

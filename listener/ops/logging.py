@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import quote, unquote
 
+from listener.text import one_line
+
 __all__ = [
     "JsonFormatter",
     "RedactionFilter",
@@ -127,10 +129,6 @@ def _redact_value(value: Any) -> Any:
     return redact_text(str(value))
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 class RedactionFilter(logging.Filter):
     """Rewrites each record in place so no secret survives, whichever formatter runs next.
 
@@ -154,7 +152,7 @@ class RedactionFilter(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
             record.exc_type_name = type(error).__name__
-            record.exc_message = redact_text(_one_line(str(error)))
+            record.exc_message = redact_text(one_line(str(error), None))
             record.exc_text = redact_text(
                 "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
             )
@@ -222,7 +220,7 @@ class TextFormatter(logging.Formatter):
         parts = [
             self.formatTime(record, self.datefmt),
             f"{record.levelname:<5}",
-            _one_line(record.getMessage()),
+            one_line(record.getMessage(), None),
         ]
         parts.extend(f"{key}={_text_value(value)}" for key, value in _extras(record).items())
         exc_type = getattr(record, "exc_type_name", None)

@@ -16,6 +16,8 @@ import os
 import socket
 from collections.abc import Mapping
 
+from listener.text import one_line
+
 __all__ = ["SystemdNotifier"]
 
 _log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ class SystemdNotifier:
         """READY=1: startup finished (LISTEN active and the first sweep done)."""
         if status is None:
             return self.notify("READY=1")
-        return self.notify("READY=1", f"STATUS={_one_line(status)}")
+        return self.notify("READY=1", f"STATUS={one_line(status, None)}")
 
     def watchdog(self) -> bool:
         """WATCHDOG=1: the live loop is still turning; send every `watchdog_interval_s()`."""
@@ -83,11 +85,11 @@ class SystemdNotifier:
         """STOPPING=1: shutdown has begun (draining in-flight work)."""
         if status is None:
             return self.notify("STOPPING=1")
-        return self.notify("STOPPING=1", f"STATUS={_one_line(status)}")
+        return self.notify("STOPPING=1", f"STATUS={one_line(status, None)}")
 
     def status(self, text: str) -> bool:
         """STATUS=...: the one line `systemctl status` shows."""
-        return self.notify(f"STATUS={_one_line(text)}")
+        return self.notify(f"STATUS={one_line(text, None)}")
 
     def extend_timeout(self, seconds: float) -> bool:
         """EXTEND_TIMEOUT_USEC: ask for more time during a slow start or stop."""
@@ -123,8 +125,3 @@ class SystemdNotifier:
                 self._socket.close()
             finally:
                 self._socket = None
-
-
-def _one_line(text: str) -> str:
-    """STATUS is one line of the datagram; a newline would start a new assignment."""
-    return " ".join(text.split())
