@@ -220,8 +220,9 @@ def cmd_drain(args: argparse.Namespace) -> int:
         counts = await service.worker.drain()
         print(f"completed={counts.completed} retried={counts.retried} failed={counts.failed} "
               f"released={counts.released}")
-        if service.worker.outage.is_open:
-            _err(f"drain stopped early: {service.worker.outage.reason}")
+        reason = service.worker.backoff_reason()
+        if reason is not None:
+            _err(f"drain stopped early: {reason}")
             return EXIT_FAILURE
         return EXIT_FAILURE if counts.failed else EXIT_OK
 
@@ -234,16 +235,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     settings = load_settings(Settings)
     _configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets())
-    from listener.db import queries
-
-    async def queue_row(service: Any) -> Any:
-        async with service.pool.connection() as conn:
-            cursor = await conn.execute(queries.QUEUE_ROW_BY_USER, {"user_id": user_id})
-            return await cursor.fetchone()
 
     async def provision(service: Any) -> int:
-        row = await queue_row(service)
-        if row is not None and row[2] == "completed" and not args.force:
+        row = await service.store.queue_row(user_id)
+        if row is not None and row.status == "completed" and not args.force:
             print(f"user {user_id}: already completed; use --force to re-apply its webhook")
             return EXIT_OK
         if row is None:
@@ -254,9 +249,9 @@ def cmd_provision(args: argparse.Namespace) -> int:
             _err(f"user {user_id} is being processed by another replica right now")
             return EXIT_FAILURE
         print(f"claimed: queue_id={entry.id} attempt={entry.retry_count + 1}")
-        await service.worker.process_entry(entry, echo=print)
-        final = await queue_row(service)
-        status, error = (final[2], final[4]) if final else ("missing", None)
+        await service.worker.process_entry(service.creation, entry, echo=print)
+        final = await service.store.queue_row(user_id)
+        status, error = (final.status, final.error_message) if final else ("missing", None)
         print(f"status: {status}" + (f" ({error})" if error else ""))
         return EXIT_OK if status == "completed" else EXIT_FAILURE
 

@@ -20,17 +20,19 @@ from psycopg_pool import AsyncConnectionPool
 
 from listener import admin
 from listener.config import WEBHOOK_EVENTS, Settings
+from listener.core.attempt import AttemptConfig
+from listener.core.breaker import probe_evolution
+from listener.core.loop import ClaimLoop, LoopConfig
 from listener.db import pool as db_pool
-from listener.db.store import QueueStore
+from listener.db.store import CreationStore
 from listener.evolution.client import EvolutionClient
 from listener.evolution.models import WebhookSpec
+from listener.lifecycle.provision import Provisioner, creation_kind
 from listener.ops.http import OpsServer
-from listener.ops.metrics import Metrics
+from listener.ops.metrics import Metrics, WorkMetrics
 from listener.ops.sdnotify import SystemdNotifier
 from listener.policy import RetryPolicy
-from listener.provision import Provisioner
 from listener.wakeup import ListenConnection
-from listener.worker import Worker, WorkerConfig
 
 log = logging.getLogger("listener.service")
 
@@ -50,16 +52,19 @@ def webhook_spec(settings: Settings) -> WebhookSpec:
     return WebhookSpec(url=settings.webhook_url, events=WEBHOOK_EVENTS, headers=headers)
 
 
-def worker_config(settings: Settings) -> WorkerConfig:
-    return WorkerConfig(
+def loop_config(settings: Settings) -> LoopConfig:
+    return LoopConfig(
         concurrency=settings.concurrency,
         sweep_interval_s=settings.sweep_interval_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    )
+
+
+def attempt_config(settings: Settings) -> AttemptConfig:
+    return AttemptConfig(
         lease_s=settings.lease_s,
         max_reclaims=settings.max_reclaims,
-        shutdown_grace_s=settings.shutdown_grace_s,
         retry=RetryPolicy(max_retries=settings.max_retries, base_ms=settings.retry_base_ms),
-        webhook_url=settings.webhook_url,
-        webhook_events=WEBHOOK_EVENTS,
     )
 
 
@@ -89,7 +94,7 @@ def make_client(settings: Settings, metrics: Metrics | None = None) -> Evolution
 
 
 class Service:
-    """The running replica: pool, client, LISTEN connection, worker, ops server."""
+    """The running replica: pool, client, LISTEN connection, claim loop, ops server."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -99,15 +104,18 @@ class Service:
         self.pool = make_pool(settings)
         self.client = make_client(settings, self.metrics)
         self.owner = replica_id()
-        self.store = QueueStore(self.pool, self.owner, settings.lease_s)
+        self.store = CreationStore(self.pool, self.owner, settings.lease_s)
         self.provisioner = Provisioner(
             self.client,
             webhook_spec(settings),
             integration=settings.integration,
             prefix=settings.instance_prefix,
         )
-        self.worker = Worker(worker_config(settings), self.store, self.client,
-                             self.provisioner, self.metrics)
+        self.creation = creation_kind(self.store, self.provisioner, settings.webhook_url,
+                                      list(WEBHOOK_EVENTS))
+        self.worker = ClaimLoop(loop_config(settings), [self.creation], attempt_config(settings),
+                                probe_for=lambda server: lambda: probe_evolution(self.client),
+                                observer=WorkMetrics(self.metrics))
         self.listen = ListenConnection(
             settings.dsn,
             on_notify=lambda note: self.worker.wake(),

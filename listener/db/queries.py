@@ -1,12 +1,16 @@
 """Every SQL statement the service and its commands run, named, in one place.
 
 Transitions out of `processing` are compare-and-set on (id, lease_owner, attempts): the
-`attempts` value a claim returned is a fencing token, so a replica that lost its lease (it
-expired and another replica reclaimed the row) updates nothing and moves on.
+`attempts` value a claim returned (`claim_seq` in Python) is a fencing token, so a replica
+that lost its lease (it expired and another replica reclaimed the row) updates nothing and
+moves on. The claim and settle statements are generated per job table from one template
+(`JobTable`), so every kind of job shares them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Final
 
 CHANNEL: Final = "evolution_instance_creation_queue"
@@ -42,24 +46,44 @@ LISTEN: Final = f'LISTEN "{CHANNEL}"'
 PROBE: Final = "SELECT 1"
 NOTIFY_SELF: Final = "SELECT pg_catalog.pg_notify(%(channel)s, %(payload)s)"
 
-# --- the work loop --------------------------------------------------------------------------
+# --- the work loop: one template per job table -----------------------------------------------
 
-# Due pending rows and processing rows whose lease expired, oldest due first, skipping rows
-# another replica holds locked. The partial index on next_attempt_at keeps this proportional
-# to the work due. The same statement says how long until the next row not claimed here is
-# due (a scheduled retry, a lease to rescue), so a wake-up costs one round trip: one row per
-# claimed entry, or one row of NULLs carrying only next_due_s when nothing was claimed.
-CLAIM_DUE: Final = """
+
+@dataclass(frozen=True)
+class JobTable:
+    """A queue table with the lease columns (status, next_attempt_at, lease_owner,
+    lease_expires_at, attempts, reclaim_count, retry_count, error_message, processed_at, a
+    unique user_id) and the channel its NOTIFYs go to. The claim, fencing and settle
+    statements below are generated from it, so a second kind of job (deletions) reuses the
+    machinery by naming its table, instead of copying the SQL. What differs per kind (how an
+    entry completes) stays a statement of its own."""
+
+    table: str
+    channel: str
+
+    @property
+    def qualified(self) -> str:
+        return f"public.{self.table}"
+
+    @cached_property
+    def claim_due(self) -> str:
+        """Due pending rows and processing rows whose lease expired, oldest due first,
+        skipping rows another replica holds locked. The partial index on next_attempt_at
+        keeps this proportional to the work due. The same statement says how long until the
+        next row not claimed here is due (a scheduled retry, a lease to rescue), so a wake-up
+        costs one round trip: one row per claimed entry, or one row of NULLs carrying only
+        next_due_s when nothing was claimed."""
+        return f"""
 WITH due AS (
     SELECT id, status AS previous_status
-    FROM public.evolution_instance_creation_queue
+    FROM {self.qualified}
     WHERE status IN ('pending', 'processing')
       AND next_attempt_at <= now()
     ORDER BY next_attempt_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
-    UPDATE public.evolution_instance_creation_queue AS q
+    UPDATE {self.qualified} AS q
     SET status = 'processing',
         attempts = q.attempts + 1,
         reclaim_count = q.reclaim_count
@@ -74,31 +98,141 @@ WITH due AS (
               due.previous_status, q.created_at
 ), upcoming AS (
     SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8 AS next_due_s
-    FROM public.evolution_instance_creation_queue
+    FROM {self.qualified}
     WHERE status IN ('pending', 'processing')
       AND id NOT IN (SELECT id FROM due)
 )
-SELECT c.id, c.user_id, c.retry_count, c.attempts, c.reclaim_count, c.previous_status,
-       c.created_at, u.next_due_s
+SELECT c.id, c.user_id, c.retry_count, c.attempts AS claim_seq, c.reclaim_count,
+       c.previous_status, c.created_at, u.next_due_s
 FROM upcoming AS u
 LEFT JOIN claimed AS c ON true
 """
 
-_LEASE_IS_OURS: Final = """
+    @cached_property
+    def claim_user(self) -> str:
+        """Claim one given user's row now, whatever its status (for `provision USER_ID`),
+        unless a live lease of another worker holds it."""
+        return f"""
+UPDATE {self.qualified} AS q
+SET status = 'processing',
+    attempts = q.attempts + 1,
+    lease_owner = %(owner)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+    next_attempt_at = now() + make_interval(secs => %(lease_s)s),
+    processed_at = NULL,
+    updated_at = now()
+WHERE q.user_id = %(user_id)s
+  AND NOT (q.status = 'processing' AND q.lease_expires_at > now())
+RETURNING q.id, q.user_id, q.retry_count, q.attempts AS claim_seq, q.reclaim_count,
+          'pending'::text AS previous_status, q.created_at
+"""
+
+    @cached_property
+    def schedule_retry(self) -> str:
+        """Other replicas are told too: the row is not due yet, but their claim answers with
+        its due time, so whichever replica is alive then takes it, even if this one has
+        stopped."""
+        return f"""
+WITH scheduled AS (
+    UPDATE {self.qualified}
+    SET status = 'pending',
+        retry_count = %(retry_count)s,
+        error_message = %(error)s,
+        next_attempt_at = now() + make_interval(secs => %(delay_s)s),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        updated_at = now()
+    {LEASE_IS_OURS}
+    RETURNING id, user_id
+)
+SELECT id, public.evolution_listener_notify('{self.channel}', id, user_id)
+FROM scheduled
+"""
+
+    @cached_property
+    def fail(self) -> str:
+        return f"""
+UPDATE {self.qualified}
+SET status = 'failed',
+    retry_count = %(retry_count)s,
+    error_message = %(error)s,
+    processed_at = now(),
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    updated_at = now()
+{LEASE_IS_OURS}
+RETURNING id
+"""
+
+    @cached_property
+    def release(self) -> str:
+        """Not the user's fault (shutdown, API outage, bad key, rate limit): back to
+        pending, no retry spent, due after `delay_s`; other replicas are told at once."""
+        return f"""
+WITH released AS (
+    UPDATE {self.qualified}
+    SET status = 'pending',
+        error_message = COALESCE(%(error)s, error_message),
+        next_attempt_at = now() + make_interval(secs => %(delay_s)s),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        updated_at = now()
+    {LEASE_IS_OURS}
+    RETURNING id, user_id
+)
+SELECT id, public.evolution_listener_notify('{self.channel}', id, user_id)
+FROM released
+"""
+
+    @cached_property
+    def work_depth(self) -> str:
+        """Cheap gauges for /metrics: only the statuses that still carry work, through the
+        partial indexes (a full GROUP BY over a million completed rows is not for every
+        scrape)."""
+        return f"""
+SELECT
+    count(*) FILTER (WHERE status = 'pending') AS pending,
+    count(*) FILTER (WHERE status = 'processing') AS processing,
+    COALESCE(EXTRACT(EPOCH FROM (now() - min(created_at) FILTER (WHERE status = 'pending'))),
+             0)::float8 AS oldest_pending_age_s
+FROM {self.qualified}
+WHERE status IN ('pending', 'processing')
+"""
+
+    @cached_property
+    def failed_count(self) -> str:
+        return f"SELECT count(*) AS failed FROM {self.qualified} WHERE status = 'failed'\n"
+
+
+# Transitions out of `processing` are compare-and-set on the claim: the row's `attempts`
+# column is the claim's fencing token (claim_seq in Python; the column keeps its name).
+LEASE_IS_OURS: Final = """
 WHERE id = %(id)s
   AND status = 'processing'
   AND lease_owner = %(owner)s
-  AND attempts = %(attempt)s
+  AND attempts = %(claim_seq)s
 """
+
+CREATION_QUEUE: Final = JobTable(table="evolution_instance_creation_queue", channel=CHANNEL)
+
+CLAIM_DUE: Final = CREATION_QUEUE.claim_due
+CLAIM_USER: Final = CREATION_QUEUE.claim_user
+SCHEDULE_RETRY: Final = CREATION_QUEUE.schedule_retry
+FAIL: Final = CREATION_QUEUE.fail
+RELEASE: Final = CREATION_QUEUE.release
+WORK_DEPTH: Final = CREATION_QUEUE.work_depth
+FAILED_COUNT: Final = CREATION_QUEUE.failed_count
+
+# --- what completes a creation ------------------------------------------------------
 
 # The instance records and the queue's `completed` commit together, in one statement, for
 # a batch of entries finished at about the same time. Each row keeps its own lease check.
 COMPLETE_MANY: Final = """
 WITH input AS (
     SELECT *
-    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(instance_names)s::text[],
+    FROM unnest(%(ids)s::bigint[], %(claim_seqs)s::integer[], %(instance_names)s::text[],
                 %(instance_ids)s::text[], %(integrations)s::text[], %(tokens)s::text[])
-         AS t(id, attempt, instance_name, instance_id, integration, instance_token)
+         AS t(id, claim_seq, instance_name, instance_id, integration, instance_token)
 ), done AS (
     UPDATE public.evolution_instance_creation_queue AS q
     SET status = 'completed',
@@ -112,7 +246,7 @@ WITH input AS (
     WHERE q.id = input.id
       AND q.status = 'processing'
       AND q.lease_owner = %(owner)s
-      AND q.attempts = input.attempt
+      AND q.attempts = input.claim_seq
     RETURNING q.id, q.attempts, q.user_id, q.created_at
 ), recorded AS (
     INSERT INTO public.evolution_instances AS i
@@ -120,7 +254,7 @@ WITH input AS (
          instance_token)
     SELECT done.user_id, input.instance_name, input.instance_id, input.integration,
            %(webhook_url)s, %(webhook_events)s, input.instance_token
-    FROM done JOIN input ON input.id = done.id AND input.attempt = done.attempts
+    FROM done JOIN input ON input.id = done.id AND input.claim_seq = done.attempts
     ON CONFLICT (user_id) DO UPDATE
     SET instance_name = EXCLUDED.instance_name,
         instance_id = EXCLUDED.instance_id,
@@ -131,61 +265,9 @@ WITH input AS (
         updated_at = now()
     RETURNING i.user_id
 )
-SELECT done.id, done.attempts,
-       EXTRACT(EPOCH FROM (clock_timestamp() - done.created_at))::float8
+SELECT done.id, done.attempts AS claim_seq,
+       EXTRACT(EPOCH FROM (clock_timestamp() - done.created_at))::float8 AS latency_s
 FROM done JOIN recorded ON recorded.user_id = done.user_id
-"""
-
-# Other replicas are told too: the row is not due yet, but their claim answers with its due
-# time, so whichever replica is alive then takes it, even if this one has stopped.
-SCHEDULE_RETRY: Final = f"""
-WITH scheduled AS (
-    UPDATE public.evolution_instance_creation_queue
-    SET status = 'pending',
-        retry_count = %(retry_count)s,
-        error_message = %(error)s,
-        next_attempt_at = now() + make_interval(secs => %(delay_s)s),
-        lease_owner = NULL,
-        lease_expires_at = NULL,
-        updated_at = now()
-    {_LEASE_IS_OURS}
-    RETURNING id, user_id
-)
-SELECT id, pg_catalog.pg_notify('{CHANNEL}',
-               json_build_object('id', id, 'user_id', user_id)::text)
-FROM scheduled
-"""
-
-FAIL: Final = f"""
-UPDATE public.evolution_instance_creation_queue
-SET status = 'failed',
-    retry_count = %(retry_count)s,
-    error_message = %(error)s,
-    processed_at = now(),
-    lease_owner = NULL,
-    lease_expires_at = NULL,
-    updated_at = now()
-{_LEASE_IS_OURS}
-RETURNING id
-"""
-
-# Not the user's fault (shutdown, API outage, bad key, rate limit): back to pending, no
-# retry spent, due after `delay_s`; other replicas are told at once.
-RELEASE: Final = f"""
-WITH released AS (
-    UPDATE public.evolution_instance_creation_queue
-    SET status = 'pending',
-        error_message = COALESCE(%(error)s, error_message),
-        next_attempt_at = now() + make_interval(secs => %(delay_s)s),
-        lease_owner = NULL,
-        lease_expires_at = NULL,
-        updated_at = now()
-    {_LEASE_IS_OURS}
-    RETURNING id, user_id
-)
-SELECT pg_catalog.pg_notify('{CHANNEL}',
-           json_build_object('id', id, 'user_id', user_id)::text)
-FROM released
 """
 
 # --- operator commands ------------------------------------------------------------------------
@@ -201,23 +283,6 @@ SELECT id, user_id, status, retry_count, error_message, created_at, updated_at, 
        next_attempt_at, lease_owner, attempts, reclaim_count
 FROM public.evolution_instance_creation_queue
 WHERE user_id = %(user_id)s
-"""
-
-# Claim one given user's row now, whatever its status (for `provision USER_ID`), unless a
-# live lease of another worker holds it.
-CLAIM_USER: Final = """
-UPDATE public.evolution_instance_creation_queue AS q
-SET status = 'processing',
-    attempts = q.attempts + 1,
-    lease_owner = %(owner)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_s)s),
-    next_attempt_at = now() + make_interval(secs => %(lease_s)s),
-    processed_at = NULL,
-    updated_at = now()
-WHERE q.user_id = %(user_id)s
-  AND NOT (q.status = 'processing' AND q.lease_expires_at > now())
-RETURNING q.id, q.user_id, q.retry_count, q.attempts, q.reclaim_count, 'pending'::text,
-          q.created_at
 """
 
 # The seed's manual retry, verbatim in effect; the queue trigger makes it due and notifies.
@@ -266,21 +331,6 @@ FROM public.evolution_instance_creation_queue
 WHERE status = 'failed'
 ORDER BY created_at DESC
 LIMIT %(limit)s
-"""
-
-# Cheap gauges for /metrics: only the statuses that still carry work, through the partial
-# indexes (a full GROUP BY over a million completed rows is not for every scrape).
-WORK_DEPTH: Final = """
-SELECT
-    count(*) FILTER (WHERE status = 'pending') AS pending,
-    count(*) FILTER (WHERE status = 'processing') AS processing,
-    COALESCE(EXTRACT(EPOCH FROM (now() - min(created_at) FILTER (WHERE status = 'pending'))),
-             0)::float8 AS oldest_pending_age_s
-FROM public.evolution_instance_creation_queue
-WHERE status IN ('pending', 'processing')
-"""
-FAILED_COUNT: Final = """
-SELECT count(*) FROM public.evolution_instance_creation_queue WHERE status = 'failed'
 """
 
 TRIGGER_STATE: Final = """

@@ -2,30 +2,33 @@
 
 Every method is one statement in autocommit, so each transition is atomic by itself, and
 every transition out of `processing` is a compare-and-set on the claim (see queries.py).
+`LeaseStore` is the part every kind of job shares (claim, retry, fail, release), bound to
+one `JobTable`; `CreationStore` adds what only creations do. Rows are read by column name.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from listener.db import queries
+from listener.db.queries import CREATION_QUEUE, JobTable
 
 
 @dataclass(frozen=True)
 class ClaimedEntry:
-    """A row this replica holds: `attempt` is the fencing token of this claim."""
+    """A row this replica holds: `claim_seq` (the `attempts` column) is the fencing token
+    of this claim; "attempt" in logs means retry_count + 1."""
 
     id: int
     user_id: uuid.UUID
     retry_count: int
-    attempt: int
+    claim_seq: int
     reclaim_count: int
     reclaimed: bool
     created_at: datetime
@@ -47,61 +50,129 @@ class WorkDepth:
     oldest_pending_age_s: float
 
 
-def _entry(row: tuple[Any, ...]) -> ClaimedEntry:
+@dataclass(frozen=True)
+class QueueRow:
+    """One creation-queue row as the operator commands show it."""
+
+    id: int
+    user_id: uuid.UUID
+    status: str
+    retry_count: int
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    processed_at: datetime | None
+    next_attempt_at: datetime
+    lease_owner: str | None
+    attempts: int
+    reclaim_count: int
+
+
+def _entry(row: dict[str, Any]) -> ClaimedEntry:
     return ClaimedEntry(
-        id=row[0],
-        user_id=row[1],
-        retry_count=row[2],
-        attempt=row[3],
-        reclaim_count=row[4],
-        reclaimed=row[5] == "processing",
-        created_at=row[6],
+        id=row["id"],
+        user_id=row["user_id"],
+        retry_count=row["retry_count"],
+        claim_seq=row["claim_seq"],
+        reclaim_count=row["reclaim_count"],
+        reclaimed=row["previous_status"] == "processing",
+        created_at=row["created_at"],
     )
 
 
-class QueueStore:
-    """The service's view of the queue table, bound to one owner identity."""
+class LeaseStore:
+    """One job table's claim and settle transitions, bound to one owner identity."""
 
-    def __init__(self, pool: AsyncConnectionPool, owner: str, lease_s: float) -> None:
+    def __init__(self, pool: AsyncConnectionPool, owner: str, lease_s: float,
+                 table: JobTable = CREATION_QUEUE) -> None:
         self.pool = pool
         self.owner = owner
         self.lease_s = lease_s
+        self.table = table
 
     def _cas(self, entry: ClaimedEntry) -> dict[str, Any]:
-        return {"id": entry.id, "owner": self.owner, "attempt": entry.attempt}
+        return {"id": entry.id, "owner": self.owner, "claim_seq": entry.claim_seq}
 
-    async def _fetchall(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    async def _fetchall(self, sql: str, params: dict[str, Any] | None = None
+                        ) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(sql.encode(), params)
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(sql.encode(), params)
             return await cursor.fetchall() if cursor.description else []
 
     async def claim(self, limit: int) -> tuple[list[ClaimedEntry], float | None]:
         """Claim up to `limit` due entries; also seconds until the next unclaimed row is
         due (None when the queue holds no work at all)."""
         rows = await self._fetchall(
-            queries.CLAIM_DUE,
+            self.table.claim_due,
             {"limit": max(0, limit), "owner": self.owner, "lease_s": self.lease_s},
         )
-        entries = [_entry(row) for row in rows if row[0] is not None]
-        next_due = rows[0][7] if rows else None
+        entries = [_entry(row) for row in rows if row["id"] is not None]
+        next_due = rows[0]["next_due_s"] if rows else None
         return entries, None if next_due is None else float(next_due)
 
     async def claim_user(self, user_id: uuid.UUID) -> ClaimedEntry | None:
         rows = await self._fetchall(
-            queries.CLAIM_USER,
+            self.table.claim_user,
             {"user_id": user_id, "owner": self.owner, "lease_s": self.lease_s},
         )
         return _entry(rows[0]) if rows else None
 
+    async def schedule_retry(
+        self, entry: ClaimedEntry, retry_count: int, delay_s: float, error: str
+    ) -> bool:
+        rows = await self._fetchall(
+            self.table.schedule_retry,
+            {**self._cas(entry), "retry_count": retry_count, "delay_s": delay_s, "error": error},
+        )
+        return bool(rows)
+
+    async def fail(self, entry: ClaimedEntry, retry_count: int, error: str) -> bool:
+        rows = await self._fetchall(
+            self.table.fail, {**self._cas(entry), "retry_count": retry_count, "error": error}
+        )
+        return bool(rows)
+
+    async def release(self, entry: ClaimedEntry, delay_s: float, error: str | None) -> bool:
+        rows = await self._fetchall(
+            self.table.release, {**self._cas(entry), "delay_s": delay_s, "error": error}
+        )
+        return bool(rows)
+
+    async def work_depth(self) -> WorkDepth:
+        [depth] = await self._fetchall(self.table.work_depth)
+        [failed] = await self._fetchall(self.table.failed_count)
+        return WorkDepth(
+            pending=int(depth["pending"]),
+            processing=int(depth["processing"]),
+            failed=int(failed["failed"]),
+            oldest_pending_age_s=float(depth["oldest_pending_age_s"]),
+        )
+
+    async def ping(self) -> None:
+        await self._fetchall(queries.PROBE)
+
+
+class CreationStore(LeaseStore):
+    """The creation queue: the shared transitions plus its completion (the instance row
+    and `completed` in one statement) and the `provision` command's look-ups."""
+
+    def __init__(self, pool: AsyncConnectionPool, owner: str, lease_s: float) -> None:
+        super().__init__(pool, owner, lease_s, CREATION_QUEUE)
+
     async def enqueue(self, user_id: uuid.UUID) -> None:
         await self._fetchall(queries.ENQUEUE_USER, {"user_id": user_id})
+
+    async def queue_row(self, user_id: uuid.UUID) -> QueueRow | None:
+        rows = await self._fetchall(queries.QUEUE_ROW_BY_USER, {"user_id": user_id})
+        return QueueRow(**rows[0]) if rows else None
 
     async def complete_many(
         self, done: list[tuple[ClaimedEntry, InstanceRecord]], webhook_url: str,
         webhook_events: list[str],
     ) -> dict[tuple[int, int], float]:
         """Record the instances and mark the entries completed, together, in one statement.
-        Returns {(entry id, attempt): seconds since its insert} for the claims whose lease
+        Returns {(entry id, claim_seq): seconds since its insert} for the claims whose lease
         still held; a claim missing from it lost its lease and nothing of it was written."""
         if not done:
             return {}
@@ -110,7 +181,7 @@ class QueueStore:
             {
                 "owner": self.owner,
                 "ids": [e.id for e, _ in done],
-                "attempts": [e.attempt for e, _ in done],
+                "claim_seqs": [e.claim_seq for e, _ in done],
                 "instance_names": [r.instance_name for _, r in done],
                 "instance_ids": [r.instance_id for _, r in done],
                 "integrations": [r.integration for _, r in done],
@@ -119,98 +190,6 @@ class QueueStore:
                 "webhook_events": webhook_events,
             },
         )
-        return {(int(row[0]), int(row[1])): float(row[2]) for row in rows}
+        return {(int(row["id"]), int(row["claim_seq"])): float(row["latency_s"])
+                for row in rows}
 
-    async def schedule_retry(
-        self, entry: ClaimedEntry, retry_count: int, delay_s: float, error: str
-    ) -> bool:
-        rows = await self._fetchall(
-            queries.SCHEDULE_RETRY,
-            {**self._cas(entry), "retry_count": retry_count, "delay_s": delay_s, "error": error},
-        )
-        return bool(rows)
-
-    async def fail(self, entry: ClaimedEntry, retry_count: int, error: str) -> bool:
-        rows = await self._fetchall(
-            queries.FAIL, {**self._cas(entry), "retry_count": retry_count, "error": error}
-        )
-        return bool(rows)
-
-    async def release(self, entry: ClaimedEntry, delay_s: float, error: str | None) -> bool:
-        rows = await self._fetchall(
-            queries.RELEASE, {**self._cas(entry), "delay_s": delay_s, "error": error}
-        )
-        return bool(rows)
-
-    async def work_depth(self) -> WorkDepth:
-        async with self.pool.connection() as conn:
-            cursor = await conn.execute(queries.WORK_DEPTH)
-            depth = await cursor.fetchone()
-            cursor = await conn.execute(queries.FAILED_COUNT)
-            failed = await cursor.fetchone()
-        assert depth is not None and failed is not None
-        return WorkDepth(
-            pending=int(depth[0]),
-            processing=int(depth[1]),
-            failed=int(failed[0]),
-            oldest_pending_age_s=float(depth[2]),
-        )
-
-    async def ping(self) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(queries.PROBE)
-
-
-class CompletionBatcher:
-    """Completes entries in batches: under load, everything that finished while the last
-    batch was being written goes out in the next statement; at low load a batch is one entry
-    and waits for nothing (one scheduler turn)."""
-
-    def __init__(self, store: QueueStore, webhook_url: str, webhook_events: list[str],
-                 max_batch: int = 64) -> None:
-        self.store = store
-        self.webhook_url = webhook_url
-        self.webhook_events = webhook_events
-        self.max_batch = max_batch
-        self._waiting: list[tuple[ClaimedEntry, InstanceRecord, asyncio.Future[float | None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def complete(self, entry: ClaimedEntry, record: InstanceRecord) -> float | None:
-        """Seconds since the entry's insert, or None when its lease was lost."""
-        future: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((entry, record, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        while self._waiting:
-            await asyncio.sleep(0)  # let entries finishing in this same turn join the batch
-            batch = self._waiting[: self.max_batch]
-            del self._waiting[: self.max_batch]
-            await self._write(batch)
-
-    async def _write(
-        self, batch: list[tuple[ClaimedEntry, InstanceRecord, asyncio.Future[float | None]]]
-    ) -> None:
-        try:
-            latencies = await self.store.complete_many(
-                [(entry, record) for entry, record, _ in batch],
-                self.webhook_url, self.webhook_events,
-            )
-        except BaseException as error:
-            if len(batch) > 1 and isinstance(error, psycopg.Error) \
-                    and not isinstance(error, psycopg.OperationalError):
-                # One row's data error must not fail its neighbours: write them one by one.
-                for item in batch:
-                    await self._write([item])
-                return
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            if isinstance(error, asyncio.CancelledError):
-                raise
-            return
-        for entry, _, future in batch:
-            if not future.done():
-                future.set_result(latencies.get((entry.id, entry.attempt)))

@@ -250,3 +250,34 @@ class Metrics:
             return generate_latest(self.registry), "text/plain; version=0.0.4; charset=utf-8"
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+
+class WorkMetrics:
+    """The core's `WorkObserver`, exported as these metrics. The metric names predate other
+    kinds of job: they count the creation kind (provisioning) only, until a kind label is
+    added with the deletion queue."""
+
+    CREATION = "creation"
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def claimed(self, kind: str) -> None:
+        self.metrics.claimed.inc()
+
+    def reclaimed(self, kind: str) -> None:
+        self.metrics.reclaimed_leases.inc()
+
+    def swept(self) -> None:
+        self.metrics.sweeps.inc()
+
+    def settled(self, kind: str, outcome: str) -> None:
+        if kind == self.CREATION:
+            self.metrics.provisioned.labels(outcome=str(outcome)).inc()
+
+    def completed_after(self, kind: str, latency_s: float) -> None:
+        if kind == self.CREATION:
+            self.metrics.provisioning_latency.observe(latency_s)
+
+    def backoff(self, server: str, active: bool) -> None:
+        self.metrics.backoff_active.set(1 if active else 0)

@@ -310,32 +310,32 @@ async def test_malformed_notifications_are_logged_and_ignored(
 async def test_a_late_finisher_cannot_overwrite_another_replicas_claim(db: TestDatabase) -> None:
     from psycopg_pool import AsyncConnectionPool
 
-    from listener.db.store import InstanceRecord, QueueStore
+    from listener.db.store import CreationStore, InstanceRecord
 
     [user] = signup(db.dsn)
     async with AsyncConnectionPool(db.service_dsn, kwargs={"autocommit": True},
                                    min_size=1, max_size=2) as pool:
-        first = QueueStore(pool, "replica-a", lease_s=60)
-        second = QueueStore(pool, "replica-b", lease_s=60)
+        first = CreationStore(pool, "replica-a", lease_s=60)
+        second = CreationStore(pool, "replica-b", lease_s=60)
         [mine], _ = await first.claim(8)
         db.query("UPDATE evolution_instance_creation_queue "
                  "SET next_attempt_at = now() - interval '1 second'")
         [theirs], next_due = await second.claim(8)
         assert next_due is None  # nothing else in the queue
-        assert theirs.reclaimed and theirs.attempt == mine.attempt + 1
+        assert theirs.reclaimed and theirs.claim_seq == mine.claim_seq + 1
         record = InstanceRecord("evo-x", "id", "WHATSAPP-BAILEYS", "tok")
         assert await first.complete_many([(mine, record)], WEBHOOK, ["SEND_MESSAGE"]) == {}
         assert await first.fail(mine, 0, "late") is False
         assert await first.release(mine, 0, None) is False
         done = await second.complete_many([(theirs, record)], WEBHOOK, ["SEND_MESSAGE"])
-        assert list(done) == [(theirs.id, theirs.attempt)]
+        assert list(done) == [(theirs.id, theirs.claim_seq)]
     assert queue_rows(db.dsn)[user]["status"] == "completed"
 
 
 async def test_claim_reports_when_the_next_unclaimed_row_is_due(db: TestDatabase) -> None:
     from psycopg_pool import AsyncConnectionPool
 
-    from listener.db.store import QueueStore
+    from listener.db.store import CreationStore
 
     now_user, later_user = signup(db.dsn, 2)
     db.query("UPDATE evolution_instance_creation_queue "
@@ -343,7 +343,7 @@ async def test_claim_reports_when_the_next_unclaimed_row_is_due(db: TestDatabase
              (later_user,))
     async with AsyncConnectionPool(db.service_dsn, kwargs={"autocommit": True},
                                    min_size=1, max_size=1) as pool:
-        store = QueueStore(pool, "replica-a", lease_s=60)
+        store = CreationStore(pool, "replica-a", lease_s=60)
         claimed, next_due = await store.claim(8)
         assert [e.user_id for e in claimed] == [now_user]
         assert next_due is not None and 28 < next_due <= 30
@@ -399,7 +399,8 @@ async def test_scheduled_cleanup_is_off_by_default(db: TestDatabase, sim: Simula
 async def test_one_bad_row_does_not_fail_its_batch_neighbours(db: TestDatabase) -> None:
     from psycopg_pool import AsyncConnectionPool
 
-    from listener.db.store import CompletionBatcher, InstanceRecord, QueueStore
+    from listener.core.batcher import CompletionBatcher
+    from listener.db.store import CreationStore, InstanceRecord
 
     users = signup(db.dsn, 3)
     taken = uuid.uuid4()
@@ -407,9 +408,10 @@ async def test_one_bad_row_does_not_fail_its_batch_neighbours(db: TestDatabase) 
              "webhook_url, webhook_events) VALUES (%s, 'evo-taken', 'X', 'u', '{}')", (taken,))
     async with AsyncConnectionPool(db.service_dsn, kwargs={"autocommit": True},
                                    min_size=1, max_size=2) as pool:
-        store = QueueStore(pool, "replica-a", lease_s=60)
+        store = CreationStore(pool, "replica-a", lease_s=60)
         entries, _ = await store.claim(8)
-        batcher = CompletionBatcher(store, WEBHOOK, ["SEND_MESSAGE"])
+        batcher: CompletionBatcher[InstanceRecord] = CompletionBatcher(
+            lambda done: store.complete_many(done, WEBHOOK, ["SEND_MESSAGE"]))
         names = {e.id: ("evo-taken" if i == 1 else f"evo-{e.user_id}")
                  for i, e in enumerate(entries)}
         results = await asyncio.gather(
@@ -426,17 +428,19 @@ async def test_one_bad_row_does_not_fail_its_batch_neighbours(db: TestDatabase) 
 async def test_a_stale_and_a_current_claim_of_one_row_in_one_batch(db: TestDatabase) -> None:
     from psycopg_pool import AsyncConnectionPool
 
-    from listener.db.store import CompletionBatcher, InstanceRecord, QueueStore
+    from listener.core.batcher import CompletionBatcher
+    from listener.db.store import CreationStore, InstanceRecord
 
     [user] = signup(db.dsn)
     async with AsyncConnectionPool(db.service_dsn, kwargs={"autocommit": True},
                                    min_size=1, max_size=2) as pool:
-        store = QueueStore(pool, "replica-a", lease_s=60)
+        store = CreationStore(pool, "replica-a", lease_s=60)
         [stale], _ = await store.claim(8)
         db.query("UPDATE evolution_instance_creation_queue "
                  "SET next_attempt_at = now() - interval '1 second'")
         [current], _ = await store.claim(8)
-        batcher = CompletionBatcher(store, WEBHOOK, ["SEND_MESSAGE"])
+        batcher: CompletionBatcher[InstanceRecord] = CompletionBatcher(
+            lambda done: store.complete_many(done, WEBHOOK, ["SEND_MESSAGE"]))
         old, new = await asyncio.gather(
             batcher.complete(stale, InstanceRecord("evo-stale", "old-id", "X", "old")),
             batcher.complete(current, InstanceRecord(f"evo-{user}", "new-id", "X", "new")),

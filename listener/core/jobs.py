@@ -1,0 +1,43 @@
+"""A kind of job: which table it is claimed from, and what an attempt of it does.
+
+The loop and the attempt are the same for every kind; a kind brings its store (the shared
+claim/settle transitions on its own table) and a handler (the work, and the statement that
+completes it). Today: creation. Deletion is a second `JobKind` on its own table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from listener.core.store import JobStore
+from listener.db.store import ClaimedEntry
+
+StepReporter = Callable[[str, dict[str, object]], None]
+DEFAULT_SERVER = "default"
+
+
+class JobHandler(Protocol):
+    async def attempt(self, entry: ClaimedEntry, report: StepReporter) -> Any:
+        """Do the work (idempotently: a retry or a reclaim may run it again). Raise on
+        failure; the policy decides what the error means."""
+        ...
+
+    async def complete(self, entry: ClaimedEntry, result: Any) -> float | None:
+        """Record success, fenced on the claim: seconds since the entry's insert, or None
+        when the lease was lost and nothing was written."""
+        ...
+
+    def describe(self, result: Any) -> dict[str, object]:
+        """Log fields of a success."""
+        ...
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str  # "creation"; metrics and task names
+    action: str  # what the log says an attempt does: "provisioning"
+    store: JobStore
+    handler: JobHandler
+    server: str = DEFAULT_SERVER  # whose outage breaker the attempt consults

@@ -1,0 +1,248 @@
+"""The loop: wait for the earliest wake-up, claim up to free capacity, dispatch, repeat.
+
+Wake-ups: a notification, a finished task (capacity freed, maybe a retry scheduled), the next
+due row read from the table (a retry or a lease to rescue, so every replica knows), the
+sweep interval, a reconnect, a breaker closing. The table is the truth; the loop always
+claims from it. It claims every kind of job in turn under one capacity bound; what an
+attempt does and how it settles is `attempt.py`, the back-off `breaker.py`, the end of work
+`shutdown.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from listener.core.attempt import AttemptConfig, AttemptRunner
+from listener.core.breaker import Breakers, Probe
+from listener.core.jobs import JobKind
+from listener.core.observer import WorkObserver
+from listener.core.outcome import Counts, Outcome
+from listener.core.settle import DB_ERRORS, DatabaseHealth
+from listener.core.shutdown import finish_or_release
+from listener.db.store import ClaimedEntry
+from listener.text import one_line
+
+log = logging.getLogger("listener.worker")
+
+MIN_IDLE_WAIT_S = 0.02
+LOCKED_ROW_BACKOFF_S = 0.05  # doubling to 1.6 s while due rows stay locked elsewhere
+LOCKED_ROW_MAX_DOUBLINGS = 6
+STALL_LIMIT_S = 60.0  # pool wait (10 s) + tcp_user_timeout (10 s) end a healthy claim sooner
+DB_ERROR_PAUSE_S = 1.0
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    concurrency: int
+    sweep_interval_s: float
+    shutdown_grace_s: float
+
+
+class ClaimLoop:
+    """One replica's processing loop over one or more kinds of job. `run()` returns after a
+    graceful shutdown; `drain()` processes what is due once and returns."""
+
+    def __init__(self, config: LoopConfig, kinds: Sequence[JobKind], attempt: AttemptConfig,
+                 probe_for: Callable[[str], Probe], observer: WorkObserver) -> None:
+        if not kinds:
+            raise ValueError("at least one kind of job")
+        self.config = config
+        self.kinds = tuple(kinds)
+        self.observer = observer
+        self.health = DatabaseHealth()
+        self.breakers = Breakers(probe_for, observer, on_recovered=self.wake)
+        self.attempts = AttemptRunner(attempt, self.breakers, self.health, observer,
+                                      wake=self.wake)
+        self.first_sweep_done = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._sweep_requested = True
+        self._capacity_bound = False
+        self._draining = False
+        self._locked_waits: dict[str, int] = {kind.name: 0 for kind in self.kinds}
+        self._inflight: dict[asyncio.Task[object], tuple[JobKind, ClaimedEntry]] = {}
+        self._busy_since: float | None = None
+
+    # --- signals from outside and state for readiness ---------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def request_sweep(self) -> None:
+        """After a (re)connect: notifications may have been lost; look at the table."""
+        self._sweep_requested = True
+        self._wake.set()
+
+    @property
+    def counts(self) -> Counts:
+        return self.attempts.counts
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def db_error(self) -> str | None:
+        return self.health.error
+
+    def backoff_reason(self) -> str | None:
+        return self.breakers.open_reason()
+
+    def stalled(self, limit_s: float = STALL_LIMIT_S) -> bool:
+        """True when a claim round has been stuck for longer than `limit_s` (a hung query
+        that no timeout ended): the watchdog stops pinging and systemd restarts us."""
+        busy_since = self._busy_since
+        return busy_since is not None and time.monotonic() - busy_since > limit_s
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        next_sweep = time.monotonic()
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                now = time.monotonic()
+                if now >= next_sweep:
+                    self._sweep_requested = True
+                blocked_s = self._blocked_s(now)
+                if blocked_s > 0:
+                    await self._wait(stop, min(blocked_s, self.config.sweep_interval_s))
+                    continue
+                self._busy_since = time.monotonic()
+                try:
+                    timeout = await self._claim_round()
+                except DB_ERRORS as error:
+                    self.health.failed(error)
+                    await self._wait(stop, DB_ERROR_PAUSE_S)
+                    continue
+                finally:
+                    self._busy_since = None
+                if self._sweep_requested:
+                    self._sweep_requested = False
+                    self.observer.swept()
+                    next_sweep = time.monotonic() + self.config.sweep_interval_s
+                    self.first_sweep_done.set()
+                timeout = min(timeout, max(0.0, next_sweep - time.monotonic()))
+                await self._wait(stop, max(timeout, MIN_IDLE_WAIT_S))
+        finally:
+            await self._shutdown()
+
+    def _blocked_s(self, now: float) -> float:
+        """0 when some kind may claim; else how long every kind's breaker holds it."""
+        return min(self.breakers.get(kind.server).wait_s(now) for kind in self.kinds)
+
+    async def _claim_round(self) -> float:
+        """Claim until nothing is due or capacity is full; return how long to sleep. Each
+        kind still open in this round claims an even share of the free capacity, in turn,
+        so one kind's backlog cannot starve another."""
+        now = time.monotonic()
+        wait_s = self.config.sweep_interval_s
+        open_kinds = []
+        for kind in self.kinds:
+            blocked_s = self.breakers.get(kind.server).wait_s(now)
+            if blocked_s > 0:
+                wait_s = min(wait_s, blocked_s)
+            else:
+                open_kinds.append(kind)
+        while open_kinds:
+            for kind in list(open_kinds):
+                free = self.config.concurrency - len(self._inflight)
+                if free <= 0:
+                    self._capacity_bound = True  # a finishing task wakes us
+                    return self.config.sweep_interval_s
+                share = math.ceil(free / len(open_kinds))
+                entries, next_due_s = await kind.store.claim(share)
+                self.health.ok()
+                for entry in entries:
+                    self._dispatch(kind, entry)
+                if len(entries) == share:
+                    continue  # maybe more due: claim again while capacity lasts
+                open_kinds.remove(kind)
+                wait_s = min(wait_s, self._kind_wait_s(kind, entries, next_due_s))
+        self._capacity_bound = False
+        return wait_s
+
+    def _kind_wait_s(self, kind: JobKind, entries: list[ClaimedEntry],
+                     next_due_s: float | None) -> float:
+        if next_due_s is None:
+            return self.config.sweep_interval_s
+        if next_due_s <= 0 and not entries:
+            # Due but not ours to take: locked by another replica's claim or an open
+            # transaction. Back off instead of polling at the idle floor.
+            waits = min(self._locked_waits[kind.name] + 1, LOCKED_ROW_MAX_DOUBLINGS)
+            self._locked_waits[kind.name] = waits
+            return float(LOCKED_ROW_BACKOFF_S * 2 ** (waits - 1))
+        self._locked_waits[kind.name] = 0
+        return max(0.0, next_due_s)
+
+    async def _wait(self, stop: asyncio.Event, delay_s: float) -> None:
+        if stop.is_set() or self._wake.is_set():
+            return
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _dispatch(self, kind: JobKind, entry: ClaimedEntry) -> None:
+        self.observer.claimed(kind.name)
+        task: asyncio.Task[object] = asyncio.create_task(
+            self.attempts.run(kind, entry), name=f"{kind.name}-{entry.user_id}")
+        self._inflight[task] = (kind, entry)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[object]) -> None:
+        self._inflight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job task crashed", extra={"error": one_line(task.exception())})  # type: ignore[arg-type]
+        # Freed capacity matters only if the last claim was limited by it (more may be due);
+        # otherwise waking would only cost a claim that finds nothing.
+        if self._capacity_bound or self._draining:
+            self._wake.set()
+
+    # --- one entry, and everything due once -------------------------------------------------
+
+    async def process_entry(self, kind: JobKind, entry: ClaimedEntry,
+                            echo: Callable[[str], None] | None = None) -> Outcome:
+        """One already-claimed entry (the `provision` command), printing steps."""
+        return await self.attempts.run(kind, entry, echo)
+
+    async def drain(self) -> Counts:
+        """Process every entry due now, once, then return (the `drain` command)."""
+        self._draining = True
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            claimed = False
+            all_blocked = True
+            for kind in self.kinds:
+                if self.breakers.get(kind.server).wait_s(now) > 0:
+                    continue
+                all_blocked = False
+                free = self.config.concurrency - len(self._inflight)
+                if free > 0:
+                    entries, _next_due = await kind.store.claim(free)
+                    for entry in entries:
+                        self._dispatch(kind, entry)
+                    claimed = claimed or bool(entries)
+            if not self._inflight and (all_blocked or not claimed):
+                break
+            if self._inflight:
+                await self._wake.wait()
+        self.breakers.stop_probing()
+        return self.counts
+
+    # --- shutdown ---------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        """Stop claiming (done: the loop has exited), let in-flight work finish within the
+        grace, release what did not finish back to pending with no retry spent."""
+        self.breakers.stop_probing()
+        for kind in await finish_or_release(self._inflight, self.config.shutdown_grace_s):
+            self.attempts.record(kind, Outcome.RELEASED)
+        self.breakers.cancel()
