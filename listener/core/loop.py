@@ -149,12 +149,14 @@ class ClaimLoop:
             else:
                 open_kinds.append(kind)
         while open_kinds:
+            share = math.ceil(
+                (self.config.concurrency - len(self._inflight)) / len(open_kinds))
             for kind in list(open_kinds):
                 free = self.config.concurrency - len(self._inflight)
                 if free <= 0:
                     self._capacity_bound = True  # a finishing task wakes us
                     return self.config.sweep_interval_s
-                share = math.ceil(free / len(open_kinds))
+                share = min(share, free)
                 entries, next_due_s = await kind.store.claim(share)
                 self.health.ok()
                 for entry in entries:
