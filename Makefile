@@ -23,9 +23,10 @@ test: $(STAMP) ## the whole suite on a real PostgreSQL (TEST_DATABASE_URL, Docke
 unit: $(STAMP) ## pure tests only, no database
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff and mypy (strict on listener/)
+lint: $(STAMP) ## ruff, mypy (strict on listener/) and the import contracts
 	$(BIN)/ruff check listener tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 migrate: $(STAMP) ## apply SQL migrations to DATABASE_URL
 	$(BIN)/evolution-listener migrate
