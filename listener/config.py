@@ -7,14 +7,20 @@ Secrets are `SecretStr` and DSNs are only ever shown through `redact_dsn`.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 EX_CONFIG = 78
 
@@ -77,6 +83,14 @@ def transaction_pooler_reason(dsn: str) -> str | None:
     return None
 
 
+def split_host_port(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (an IPv6 host in brackets) as (host, port); ValueError when malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464")
+    return host.strip("[]"), int(port)
+
+
 def _check_http_url(value: str, name: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -84,10 +98,40 @@ def _check_http_url(value: str, name: str) -> str:
     return value.rstrip("/")
 
 
+# The mapping `load_settings` was given (tests, the doctor), read instead of os.environ.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("listener_environ", default=None)
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' own environment reading, from `load_settings`'s mapping if any."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = _ENVIRON.get()
+        if env is None:
+            return super()._load_env_vars()
+        return parse_env_vars(env, self.case_sensitive, self.env_ignore_empty,
+                              self.env_parse_none_str)
+
+
 class DatabaseSettings(BaseSettings):
     """What `migrate` and the read-only commands need: just the DSN."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # An empty variable counts as unset (a systemd EnvironmentFile line `FOO=` means "not
+    # given"): the default applies, or a required one is reported as not set.
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True,
+                                      env_ignore_empty=True, case_sensitive=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment only: no init arguments, .env or secrets directory."""
+        return (_Environment(settings_cls),)
 
     database_url: SecretStr = Field(validation_alias="DATABASE_URL")
 
@@ -192,9 +236,7 @@ class Settings(DatabaseSettings):
     @field_validator("metrics_addr")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464")
+        split_host_port(value)
         return value
 
     @field_validator("instance_prefix")
@@ -236,8 +278,7 @@ class Settings(DatabaseSettings):
 
     @property
     def metrics_host_port(self) -> tuple[str, int]:
-        host, _, port = self.metrics_addr.rpartition(":")
-        return host.strip("[]"), int(port)
+        return split_host_port(self.metrics_addr)
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds, for redaction checks."""
@@ -286,12 +327,10 @@ SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 def load_settings(model: type[SettingsT], env: Mapping[str, str] | None = None) -> SettingsT:
     """Build settings from `env` (default: the process environment); raise ConfigError."""
-    source = dict(os.environ if env is None else env)
-    values = {k: v for k, v in source.items() if v != "" or k in _REQUIRED_NONEMPTY}
+    token = _ENVIRON.set(env)
     try:
-        return model.model_validate(values)
+        return model()
     except ValidationError as error:
         raise ConfigError(describe_validation_error(model, error)) from None
-
-
-_REQUIRED_NONEMPTY = {"DATABASE_URL", "EVOLUTION_API_BASE_URL", "EVOLUTION_API_KEY"}
+    finally:
+        _ENVIRON.reset(token)
