@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from listener.db import queries
@@ -62,17 +63,21 @@ class QueueStats:
 async def stats(pool: AsyncConnectionPool, recent: int = 10) -> QueueStats:
     result = QueueStats()
     async with pool.connection() as conn:
-        cursor = await conn.execute(queries.STATS_BY_STATUS)
+        cursor = conn.cursor(row_factory=dict_row)
+        await cursor.execute(queries.STATS_BY_STATUS)
         result.by_status = [
-            StatusFigures(str(r[0]), int(r[1]), float(r[2] or 0.0))
+            StatusFigures(str(r["status"]), int(r["count"]), float(r["avg_retries"] or 0.0))
             for r in await cursor.fetchall()
         ]
-        cursor = await conn.execute(queries.OLDEST_PENDING_AGE_S)
+        await cursor.execute(queries.OLDEST_PENDING_AGE_S)
         row = await cursor.fetchone()
-        result.oldest_pending_age_s = None if row is None or row[0] is None else float(row[0])
-        cursor = await conn.execute(queries.RECENT_FAILURES, {"limit": recent})
+        age = None if row is None else row["age_s"]
+        result.oldest_pending_age_s = None if age is None else float(age)
+        await cursor.execute(queries.RECENT_FAILURES, {"limit": recent})
         result.recent_failures = [
-            Failure(str(r[0]), int(r[1]), r[2], r[3]) for r in await cursor.fetchall()
+            Failure(str(r["user_id"]), int(r["retry_count"]), r["error_message"],
+                    r["processed_at"])
+            for r in await cursor.fetchall()
         ]
     return result
 
@@ -81,12 +86,13 @@ async def retry_user(pool: AsyncConnectionPool, user_id: uuid.UUID) -> str | Non
     """Reset a failed or completed user to pending (the trigger notifies); the previous
     status, or None when the user has no entry that can be retried."""
     async with pool.connection() as conn:
-        cursor = await conn.execute(queries.QUEUE_ROW_BY_USER, {"user_id": user_id})
+        cursor = conn.cursor(row_factory=dict_row)
+        await cursor.execute(queries.QUEUE_ROW_BY_USER, {"user_id": user_id})
         row = await cursor.fetchone()
         if row is None:
             return None
-        previous = str(row[2])
-        cursor = await conn.execute(queries.RETRY_USER, {"user_id": user_id})
+        previous = str(row["status"])
+        await cursor.execute(queries.RETRY_USER, {"user_id": user_id})
         updated = await cursor.fetchall()
     return previous if updated else None
 

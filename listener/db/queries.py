@@ -320,7 +320,7 @@ ORDER BY status
 """
 
 OLDEST_PENDING_AGE_S: Final = """
-SELECT EXTRACT(EPOCH FROM (now() - min(created_at)))::float8
+SELECT EXTRACT(EPOCH FROM (now() - min(created_at)))::float8 AS age_s
 FROM public.evolution_instance_creation_queue
 WHERE status = 'pending'
 """
