@@ -169,6 +169,31 @@ def test_queue_is_not_readable_by_api_roles(supabase_db: str, role: str) -> None
             conn.execute("UPDATE evolution_instance_creation_queue SET status = 'failed'")
 
 
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_api_roles_cannot_send_queue_notifications(supabase_db: str, role: str) -> None:
+    """0003's payload function is not an RPC that wakes every replica at will."""
+    with _as(supabase_db, role, uuid.uuid4()) as conn, \
+            pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT public.evolution_listener_notify("
+                     "'evolution_instance_creation_queue', 1, gen_random_uuid())")
+
+
+def test_service_role_manual_retry_notifies_the_listener(supabase_db: str) -> None:
+    """The seed's manual retry from the dashboard (service_role) still fires the trigger,
+    whose NOTIFY now goes through 0003's function."""
+    mine, _ = _seed_instances(supabase_db)
+    with psycopg.connect(supabase_db, autocommit=True) as admin:
+        admin.execute("UPDATE evolution_instance_creation_queue SET status = 'failed' "
+                      "WHERE user_id = %s", (mine,))
+    with psycopg.connect(supabase_db, autocommit=True) as listener, \
+            _as(supabase_db, "service_role") as dashboard:
+        listener.execute(queries.LISTEN)
+        dashboard.execute("UPDATE evolution_instance_creation_queue SET status = 'pending', "
+                          "retry_count = 0 WHERE user_id = %s", (mine,))
+        notes = [json.loads(n.payload) for n in listener.notifies(timeout=1.0, stop_after=1)]
+    assert [n["user_id"] for n in notes] == [str(mine)]
+
+
 def test_anon_sees_no_instance(supabase_db: str) -> None:
     _seed_instances(supabase_db)
     with _as(supabase_db, "anon") as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
