@@ -16,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from listener.fleet.servers import SERVERS_ENV, ServerSpec, default_server, load_servers_file
+
 EX_CONFIG = 78
 
 WEBHOOK_EVENTS: tuple[str, ...] = (
@@ -118,6 +120,8 @@ class DatabaseSettings(BaseSettings):
 class Settings(DatabaseSettings):
     """Everything `run` needs (SPEC §5)."""
 
+    # With EVOLUTION_API_SERVERS set, the two single-server variables are not needed: they
+    # then mirror the file's first server, for code that still knows only one server.
     evolution_api_base_url: str = Field(validation_alias="EVOLUTION_API_BASE_URL")
     evolution_api_key: SecretStr = Field(validation_alias="EVOLUTION_API_KEY")
     supabase_url: str | None = Field(default=None, validation_alias="SUPABASE_URL")
@@ -159,6 +163,25 @@ class Settings(DatabaseSettings):
     cleanup_older_than_days: int = Field(
         default=30, ge=1, le=36500, validation_alias="LISTENER_CLEANUP_OLDER_THAN_DAYS"
     )
+    # The fleet (SPEC §10): parsed from the file EVOLUTION_API_SERVERS names, or the single
+    # server named `default` built from the two variables above.
+    servers: tuple[ServerSpec, ...] = Field(default=(), validation_alias=SERVERS_ENV)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _servers_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if k != "servers"}  # only via the variable
+        path = data.get(SERVERS_ENV)
+        if isinstance(path, str) and path.strip():
+            servers = load_servers_file(path.strip(), data)
+            data[SERVERS_ENV] = servers
+            data["EVOLUTION_API_BASE_URL"] = servers[0].base_url
+            data["EVOLUTION_API_KEY"] = servers[0].api_key
+        else:
+            data.pop(SERVERS_ENV, None)
+        return data
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -215,6 +238,8 @@ class Settings(DatabaseSettings):
 
     @model_validator(mode="after")
     def _webhook_target(self) -> Settings:
+        if not self.servers:
+            self.servers = (default_server(self.evolution_api_base_url, self.evolution_api_key),)
         if self.supabase_url is None and self.webhook_url_override is None:
             raise ValueError("SUPABASE_URL or WEBHOOK_URL must be set (the webhook target)")
         reason = transaction_pooler_reason(self.dsn)
@@ -242,6 +267,7 @@ class Settings(DatabaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value this config holds, for redaction checks."""
         found = [self.evolution_api_key.get_secret_value()]
+        found += [s.api_key.get_secret_value() for s in self.servers if s.api_key_env]
         if self.webhook_authorization is not None:
             found.append(self.webhook_authorization.get_secret_value())
         return found + super().secrets()
