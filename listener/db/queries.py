@@ -329,6 +329,15 @@ PLACE_LOCK: Final = f"""
 SELECT pg_catalog.pg_advisory_xact_lock({PLACEMENT_LOCK_CLASS}, pg_catalog.hashtext(%(server)s))
 """
 
+# The claim's fence, as every transition out of `processing` (the `attempts` column is the
+# claim's fencing token, `claim_seq` in Python).
+_PLACEMENT_FENCE: Final = """
+WHERE id = %(id)s
+  AND status = 'processing'
+  AND lease_owner = %(owner)s
+  AND attempts = %(claim_seq)s
+"""
+
 # Write the chosen server to a claimed entry only when it has none yet (compare-and-set on
 # the lease's fencing token as every transition, and on `server IS NULL`), and only while
 # the server has room (`capacity` NULL = unlimited). Answers the server the entry is placed
@@ -345,12 +354,12 @@ WITH used AS (
     UPDATE public.evolution_instance_creation_queue
     SET server = %(server)s,
         updated_at = now()
-    {_LEASE_IS_OURS}
+    {_PLACEMENT_FENCE}
       AND server IS NULL
       AND (%(capacity)s::integer IS NULL OR (SELECT n FROM used) < %(capacity)s::integer)
     RETURNING server
 )
 SELECT COALESCE((SELECT server FROM placed), server) AS server
 FROM public.evolution_instance_creation_queue
-{_LEASE_IS_OURS}
+{_PLACEMENT_FENCE}
 """

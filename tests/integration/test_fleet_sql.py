@@ -29,7 +29,7 @@ def _claim(db: TestDatabase, user_id: uuid.UUID, owner: str = "r1") -> dict[str,
            WHERE user_id = %s RETURNING id, attempts""",
         (owner, user_id),
     )[0]
-    return {"id": row[0], "owner": owner, "attempt": row[1]}
+    return {"id": row[0], "owner": owner, "claim_seq": row[1]}
 
 
 def _place(dsn: str, lease: dict[str, object], server: str, capacity: int | None) -> list[object]:
