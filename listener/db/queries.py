@@ -302,16 +302,19 @@ q.server IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM public.evolution_instances AS i WHERE i.user_id = q.user_id)
 """
 
-# Per server: instances recorded there plus placements in flight, the `used` figure of
-# placement. One round trip per claimed batch; servers holding nothing have no row.
+# Per server: instances recorded there and placements in flight; their sum is the `used`
+# figure of placement, the two apart are what `stats` and the metrics show. One round trip
+# per claimed batch; servers holding nothing have no row.
 SERVER_USAGE: Final = f"""
-SELECT server, sum(n)::bigint AS used
+SELECT server,
+       sum(instances)::bigint AS instances,
+       sum(in_flight)::bigint AS in_flight
 FROM (
-    SELECT i.server, count(*) AS n
+    SELECT i.server, count(*) AS instances, 0 AS in_flight
     FROM public.evolution_instances AS i
     GROUP BY i.server
     UNION ALL
-    SELECT q.server, count(*)
+    SELECT q.server, 0, count(*)
     FROM public.evolution_instance_creation_queue AS q
     WHERE {_IN_FLIGHT_ON_A_SERVER}
     GROUP BY q.server

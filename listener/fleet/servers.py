@@ -79,8 +79,13 @@ def default_server(base_url: str, api_key: SecretStr) -> ServerSpec:
     return ServerSpec(DEFAULT_SERVER, base_url, api_key)
 
 
-def load_servers_file(path: str, env: Mapping[str, str]) -> tuple[ServerSpec, ...]:
-    """Parse and validate the servers file; raise ServersFileError (one line) on any fault."""
+def load_servers_file(
+    path: str, env: Mapping[str, str], *, require_keys: bool = True
+) -> tuple[ServerSpec, ...]:
+    """Parse and validate the servers file; raise ServersFileError (one line) on any fault.
+
+    `require_keys=False` is for commands that only read names and capacities (`stats`):
+    a key variable that is not set then gives an empty key instead of an error."""
     prefix = f"{SERVERS_ENV}={path}"
     try:
         with open(path, "rb") as handle:
@@ -90,7 +95,7 @@ def load_servers_file(path: str, env: Mapping[str, str]) -> tuple[ServerSpec, ..
     except tomllib.TOMLDecodeError as error:
         raise ServersFileError(f"{prefix}: not valid TOML: {error}") from None
     try:
-        return _parse_document(document, env)
+        return _parse_document(document, env, require_keys)
     except _FieldError as error:
         raise ServersFileError(f"{prefix}: {error.field}: {error.problem}") from None
 
@@ -118,7 +123,9 @@ class _FieldError(Exception):
         self.problem = problem
 
 
-def _parse_document(document: Mapping[str, Any], env: Mapping[str, str]) -> tuple[ServerSpec, ...]:
+def _parse_document(
+    document: Mapping[str, Any], env: Mapping[str, str], require_keys: bool
+) -> tuple[ServerSpec, ...]:
     for key in document:
         if key != "servers":
             raise _FieldError(_shown(key), "unknown key (the file holds [servers.NAME] tables)")
@@ -129,7 +136,8 @@ def _parse_document(document: Mapping[str, Any], env: Mapping[str, str]) -> tupl
         raise _FieldError("servers", "must be tables: [servers.NAME]")
     if not servers:
         raise _FieldError("servers", "at least one [servers.NAME] table is required")
-    specs = tuple(_parse_server(name, table, env) for name, table in servers.items())
+    specs = tuple(_parse_server(name, table, env, require_keys)
+                  for name, table in servers.items())
     seen: dict[str, str] = {}
     for spec in specs:
         if spec.base_url in seen:
@@ -139,7 +147,9 @@ def _parse_document(document: Mapping[str, Any], env: Mapping[str, str]) -> tupl
     return specs
 
 
-def _parse_server(name: str, table: object, env: Mapping[str, str]) -> ServerSpec:
+def _parse_server(
+    name: str, table: object, env: Mapping[str, str], require_keys: bool
+) -> ServerSpec:
     where = f"servers.{_shown(name)}"
     if not _NAME_RE.match(name):
         raise _FieldError(where, "a server name is 1 to 63 characters of a-z, 0-9, '_' or '-'")
@@ -152,7 +162,7 @@ def _parse_server(name: str, table: object, env: Mapping[str, str]) -> ServerSpe
     return ServerSpec(
         name=name,
         base_url=_base_url(where, table),
-        api_key=_api_key(where, table, env),
+        api_key=_api_key(where, table, env, require_keys),
         capacity=_capacity(where, table),
         state=_state(where, table),
         api_key_env=str(table["api_key_env"]),
@@ -171,7 +181,9 @@ def _base_url(where: str, table: Mapping[str, object]) -> str:
         raise _FieldError(f"{where}.base_url", str(error)) from None
 
 
-def _api_key(where: str, table: Mapping[str, object], env: Mapping[str, str]) -> SecretStr:
+def _api_key(
+    where: str, table: Mapping[str, object], env: Mapping[str, str], require_keys: bool
+) -> SecretStr:
     field = f"{where}.api_key_env"
     variable = table.get("api_key_env")
     if variable is None:
@@ -179,7 +191,7 @@ def _api_key(where: str, table: Mapping[str, object], env: Mapping[str, str]) ->
     if not isinstance(variable, str) or not _ENV_NAME_RE.match(variable):
         raise _FieldError(field, "must be the name of an environment variable, e.g. EVO_A_KEY")
     key = env.get(variable, "").strip()
-    if not key:
+    if not key and require_keys:
         raise _FieldError(field, f"the variable {variable} is not set or empty")
     return SecretStr(key)
 

@@ -54,9 +54,11 @@ def _instance(db: TestDatabase, server: str | None) -> uuid.UUID:
     return user_id
 
 
-def _usage(db: TestDatabase) -> dict[str, int]:
+def _usage(db: TestDatabase) -> dict[str, tuple[int, int]]:
+    """server -> (instances, placements in flight), read as the service role."""
     with psycopg.connect(db.service_dsn) as conn:
-        return {str(s): int(n) for s, n in conn.execute(queries.SERVER_USAGE).fetchall()}
+        rows = conn.execute(queries.SERVER_USAGE).fetchall()
+    return {str(s): (int(i), int(f)) for s, i, f in rows}
 
 
 def test_the_columns_and_defaults(db: TestDatabase) -> None:
@@ -81,7 +83,7 @@ def test_usage_counts_instances_plus_placements_in_flight(db: TestDatabase) -> N
     retried = _instance(db, "a")
     db.query("UPDATE evolution_instance_creation_queue SET status = 'pending' "
              "WHERE user_id = %s", (retried,))
-    assert _usage(db) == {"a": 3, "b": 3}
+    assert _usage(db) == {"a": (3, 0), "b": (1, 2)}
 
 
 def test_place_writes_once_and_every_later_call_reads_the_first_choice(

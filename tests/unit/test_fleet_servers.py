@@ -109,6 +109,15 @@ def test_a_bad_file_is_one_line_naming_the_file_and_the_field(
     assert "key-aaa-secret" not in message and "key-bbb-secret" not in message
 
 
+def test_names_and_capacities_can_be_read_without_the_keys(tmp_path: Path) -> None:
+    a, b = load_servers_file(_file(tmp_path, GOOD), {}, require_keys=False)
+    assert (a.name, a.capacity, b.name, b.capacity) == ("a", 80, "b-2", None)
+    assert a.api_key.get_secret_value() == ""
+    with pytest.raises(ServersFileError, match="api_key_env: is required"):
+        load_servers_file(_file(tmp_path, GOOD.replace('api_key_env = "EVO_A_KEY"', "")), {},
+                          require_keys=False)
+
+
 def test_a_missing_file_says_it_cannot_be_read(tmp_path: Path) -> None:
     with pytest.raises(ServersFileError, match=r"=.*nope\.toml: cannot read the file"):
         load_servers_file(str(tmp_path / "nope.toml"), KEYS)
