@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from listener.fleet.servers import SERVERS_ENV, ServerSpec, default_server, load_servers_file
@@ -163,25 +171,29 @@ class Settings(DatabaseSettings):
     cleanup_older_than_days: int = Field(
         default=30, ge=1, le=36500, validation_alias="LISTENER_CLEANUP_OLDER_THAN_DAYS"
     )
-    # The fleet (SPEC §10): parsed from the file EVOLUTION_API_SERVERS names, or the single
-    # server named `default` built from the two variables above.
-    servers: tuple[ServerSpec, ...] = Field(default=(), validation_alias=SERVERS_ENV)
+    # The fleet (SPEC §10): the file EVOLUTION_API_SERVERS names, read here at start (its
+    # keys come from the variables it names), or the single server `default`.
+    servers_file: str | None = Field(default=None, validation_alias=SERVERS_ENV)
+    _servers: tuple[ServerSpec, ...] = PrivateAttr(default=())
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _servers_file(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = {k: v for k, v in data.items() if k != "servers"}  # only via the variable
-        path = data.get(SERVERS_ENV)
+    def _fleet(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        path = data.get(SERVERS_ENV) if isinstance(data, dict) else None
+        servers: tuple[ServerSpec, ...] = ()
         if isinstance(path, str) and path.strip():
             servers = load_servers_file(path.strip(), data)
-            data[SERVERS_ENV] = servers
-            data["EVOLUTION_API_BASE_URL"] = servers[0].base_url
-            data["EVOLUTION_API_KEY"] = servers[0].api_key
-        else:
-            data.pop(SERVERS_ENV, None)
-        return data
+            data = {**data, SERVERS_ENV: path.strip(), "EVOLUTION_API_BASE_URL":
+                    servers[0].base_url, "EVOLUTION_API_KEY": servers[0].api_key}
+        settings = handler(data)
+        settings._servers = servers or (
+            default_server(settings.evolution_api_base_url, settings.evolution_api_key),)
+        return settings
+
+    @property
+    def servers(self) -> tuple[ServerSpec, ...]:
+        """Every Evolution server, in the file's order; never empty."""
+        return self._servers
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -238,8 +250,6 @@ class Settings(DatabaseSettings):
 
     @model_validator(mode="after")
     def _webhook_target(self) -> Settings:
-        if not self.servers:
-            self.servers = (default_server(self.evolution_api_base_url, self.evolution_api_key),)
         if self.supabase_url is None and self.webhook_url_override is None:
             raise ValueError("SUPABASE_URL or WEBHOOK_URL must be set (the webhook target)")
         reason = transaction_pooler_reason(self.dsn)
