@@ -7,13 +7,22 @@ Secrets are `SecretStr` and DSNs are only ever shown through `redact_dsn`.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -21,6 +30,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 from pydantic_settings.sources.utils import parse_env_vars
+
+from listener.fleet.servers import SERVERS_ENV, ServerSpec, default_server, load_servers_file
 
 EX_CONFIG = 78
 
@@ -162,6 +173,8 @@ class DatabaseSettings(BaseSettings):
 class Settings(DatabaseSettings):
     """Everything `run` needs (SPEC §5)."""
 
+    # With EVOLUTION_API_SERVERS set, the two single-server variables are not needed: they
+    # then mirror the file's first server, for code that still knows only one server.
     evolution_api_base_url: str = Field(validation_alias="EVOLUTION_API_BASE_URL")
     evolution_api_key: SecretStr = Field(validation_alias="EVOLUTION_API_KEY")
     supabase_url: str | None = Field(default=None, validation_alias="SUPABASE_URL")
@@ -203,6 +216,32 @@ class Settings(DatabaseSettings):
     cleanup_older_than_days: int = Field(
         default=30, ge=1, le=36500, validation_alias="LISTENER_CLEANUP_OLDER_THAN_DAYS"
     )
+    # The fleet (SPEC §10): the file EVOLUTION_API_SERVERS names, read here at start (its
+    # keys come from the variables it names), or the single server `default`.
+    servers_file: str | None = Field(default=None, validation_alias=SERVERS_ENV)
+    _servers: tuple[ServerSpec, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _fleet(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        path = data.get(SERVERS_ENV) if isinstance(data, dict) else None
+        servers: tuple[ServerSpec, ...] = ()
+        if isinstance(path, str) and path.strip():
+            # The keys live in variables the file names, not in fields: read the whole
+            # environment `load_settings` was given (or the process's).
+            environ = _ENVIRON.get()
+            servers = load_servers_file(path.strip(), os.environ if environ is None else environ)
+            data = {**data, SERVERS_ENV: path.strip(), "EVOLUTION_API_BASE_URL":
+                    servers[0].base_url, "EVOLUTION_API_KEY": servers[0].api_key}
+        settings = handler(data)
+        settings._servers = servers or (
+            default_server(settings.evolution_api_base_url, settings.evolution_api_key),)
+        return settings
+
+    @property
+    def servers(self) -> tuple[ServerSpec, ...]:
+        """Every Evolution server, in the file's order; never empty."""
+        return self._servers
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -283,6 +322,7 @@ class Settings(DatabaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value this config holds, for redaction checks."""
         found = [self.evolution_api_key.get_secret_value()]
+        found += [s.api_key.get_secret_value() for s in self.servers if s.api_key_env]
         if self.webhook_authorization is not None:
             found.append(self.webhook_authorization.get_secret_value())
         return found + super().secrets()

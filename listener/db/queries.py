@@ -340,3 +340,79 @@ JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE t.tgname = %(name)s AND n.nspname = 'public' AND c.relname = 'profiles'
 """
+
+# --- many Evolution API servers (SPEC §10) ---------------------------------------------------
+
+# A creation entry placed on a server and not finished holds a place there. An entry whose
+# user already has an instance row (a manual retry of a completed entry, `provision
+# --force`) is counted once, through that row.
+_IN_FLIGHT_ON_A_SERVER: Final = """
+q.server IS NOT NULL
+  AND q.status IN ('pending', 'processing')
+  AND NOT EXISTS (SELECT 1 FROM public.evolution_instances AS i WHERE i.user_id = q.user_id)
+"""
+
+# Per server: instances recorded there and placements in flight; their sum is the `used`
+# figure of placement, the two apart are what `stats` and the metrics show. One round trip
+# per claimed batch; servers holding nothing have no row.
+SERVER_USAGE: Final = f"""
+SELECT server,
+       sum(instances)::bigint AS instances,
+       sum(in_flight)::bigint AS in_flight
+FROM (
+    SELECT i.server, count(*) AS instances, 0 AS in_flight
+    FROM public.evolution_instances AS i
+    GROUP BY i.server
+    UNION ALL
+    SELECT q.server, 0, count(*)
+    FROM public.evolution_instance_creation_queue AS q
+    WHERE {_IN_FLIGHT_ON_A_SERVER}
+    GROUP BY q.server
+) AS per_source
+GROUP BY server
+ORDER BY server
+"""
+
+# Placements on one bounded server serialise on this transaction-level lock (key: a class
+# plus the server name's hash), taken just before PLACE in the same transaction: PLACE then
+# counts under a snapshot that sees every earlier placement there committed, so replicas
+# placing at once cannot together overshoot the capacity. Not needed for unlimited servers.
+PLACEMENT_LOCK_CLASS: Final = 0x65766F6C  # "evol"
+PLACE_LOCK: Final = f"""
+SELECT pg_catalog.pg_advisory_xact_lock({PLACEMENT_LOCK_CLASS}, pg_catalog.hashtext(%(server)s))
+"""
+
+# The claim's fence, as every transition out of `processing` (the `attempts` column is the
+# claim's fencing token, `claim_seq` in Python).
+_PLACEMENT_FENCE: Final = """
+WHERE id = %(id)s
+  AND status = 'processing'
+  AND lease_owner = %(owner)s
+  AND attempts = %(claim_seq)s
+"""
+
+# Write the chosen server to a claimed entry only when it has none yet (compare-and-set on
+# the lease's fencing token as every transition, and on `server IS NULL`), and only while
+# the server has room (`capacity` NULL = unlimited). Answers the server the entry is placed
+# on: the new choice, or an earlier one that a retry, a reclaim or another replica must
+# keep. No row: the lease is no longer ours. A NULL server: the server filled up meanwhile
+# (place again with fresh counts, or wait).
+PLACE: Final = f"""
+WITH used AS (
+    SELECT (SELECT count(*) FROM public.evolution_instances AS i
+            WHERE i.server = %(server)s)
+         + (SELECT count(*) FROM public.evolution_instance_creation_queue AS q
+            WHERE q.server = %(server)s AND {_IN_FLIGHT_ON_A_SERVER}) AS n
+), placed AS (
+    UPDATE public.evolution_instance_creation_queue
+    SET server = %(server)s,
+        updated_at = now()
+    {_PLACEMENT_FENCE}
+      AND server IS NULL
+      AND (%(capacity)s::integer IS NULL OR (SELECT n FROM used) < %(capacity)s::integer)
+    RETURNING server
+)
+SELECT COALESCE((SELECT server FROM placed), server) AS server
+FROM public.evolution_instance_creation_queue
+{_PLACEMENT_FENCE}
+"""

@@ -160,6 +160,8 @@ CONFIG_ERRORS: list[tuple[tuple[str, ...], dict[str, str | None], str]] = [
     (("run",), {"LISTENER_CONCURRENCY": "abc"}, "LISTENER_CONCURRENCY"),
     (("run",), {"EVOLUTION_API_BASE_URL": "ftp://evolution.example"}, "EVOLUTION_API_BASE_URL"),
     (("run",), {"EVOLUTION_API_KEY": "   "}, "EVOLUTION_API_KEY"),
+    (("run",), {"EVOLUTION_API_SERVERS": "/nonexistent/servers.toml"},
+     "EVOLUTION_API_SERVERS=/nonexistent/servers.toml: cannot read the file"),
     (("run",), {"SUPABASE_URL": None}, "WEBHOOK_URL"),
     (("run",), {"LISTENER_METRICS_ADDR": "nowhere"}, "LISTENER_METRICS_ADDR"),
     (("run",), {"LISTENER_LOG_FORMAT": "xml"}, "LISTENER_LOG_FORMAT"),
