@@ -195,19 +195,23 @@ def _parse_uuid(raw: str) -> uuid.UUID | None:
 
 
 def _with_service(settings: Settings, action: Callable[[Any], Awaitable[int]]) -> int:
-    """Run `action(service)` with the service's pool and client open, without its loop."""
+    """Run `action(service)` with the service's pool and client open, without its loop,
+    holding the service owner's liveness lock throughout: the rows it claims must not look
+    like a dead replica's to the running replicas' rescuers."""
+    from listener.db.liveness import liveness_lock_held
     from listener.service import Service
 
     async def runner() -> int:
         await _check_database(settings.dsn)
         service = Service(settings)
-        await service.pool.open(wait=True, timeout=15.0)
-        await service.client.start()
-        try:
-            return await action(service)
-        finally:
-            await service.client.close()
-            await service.pool.close()
+        async with liveness_lock_held(settings.dsn, service.owner):
+            await service.pool.open(wait=True, timeout=15.0)
+            await service.client.start()
+            try:
+                return await action(service)
+            finally:
+                await service.client.close()
+                await service.pool.close()
 
     return asyncio.run(runner())
 

@@ -23,6 +23,7 @@ from listener.config import WEBHOOK_EVENTS, Settings
 from listener.core.attempt import AttemptConfig
 from listener.core.breaker import probe_evolution
 from listener.core.loop import ClaimLoop, LoopConfig
+from listener.core.rescue import Rescuer
 from listener.db import pool as db_pool
 from listener.db.store import CreationStore
 from listener.evolution.client import EvolutionClient
@@ -94,13 +95,15 @@ def make_client(settings: Settings, metrics: Metrics | None = None) -> Evolution
 
 
 class Service:
-    """The running replica: pool, client, LISTEN connection, claim loop, ops server."""
+    """The running replica: pool, client, LISTEN connection (with the liveness lock),
+    claim loop, rescuer of dead replicas' rows, ops server."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.notifier = SystemdNotifier()
         self.stop = asyncio.Event()
+        self.alive = asyncio.Event()  # the liveness lock's session is up: claiming is safe
         self.pool = make_pool(settings)
         self.client = make_client(settings, self.metrics)
         self.owner = replica_id()
@@ -115,18 +118,31 @@ class Service:
                                       list(WEBHOOK_EVENTS))
         self.worker = ClaimLoop(loop_config(settings), [self.creation], attempt_config(settings),
                                 probe_for=lambda server: lambda: probe_evolution(self.client),
-                                observer=WorkMetrics(self.metrics))
+                                observer=WorkMetrics(self.metrics), alive=self.alive)
         self.listen = ListenConnection(
             settings.dsn,
             on_notify=lambda note: self.worker.wake(),
             on_connected=self._on_connected,
-            on_state=lambda up: self.metrics.listen_connected.set(1 if up else 0),
+            on_state=self._on_listen_state,
+            owner=self.owner,
         )
+        self.rescuer = Rescuer(
+            self.worker.kinds, wake=self.worker.wake,
+            on_rescued=lambda kind, rows: self.metrics.rescued.labels(kind=kind).inc(rows))
         host, port = settings.metrics_host_port
         self.ops = OpsServer(host, port, self.metrics, self.readiness)
         self._ready_sent = False
         self._last_cleanup_day: str | None = None
         self._cleanup_task: asyncio.Task[None] | None = None
+
+    def _on_listen_state(self, up: bool) -> None:
+        """The LISTEN connection carries the liveness lock: claim only while it is up."""
+        self.metrics.listen_connected.set(1 if up else 0)
+        if up:
+            self.alive.set()
+            self.worker.wake()
+        else:
+            self.alive.clear()
 
     def _on_connected(self, reconnected: bool) -> None:
         if reconnected:
@@ -173,10 +189,11 @@ class Service:
         worker_task = asyncio.create_task(self.worker.run(self.stop), name="worker")
         house_task = asyncio.create_task(self._housekeeping(worker_task, listen_task),
                                          name="housekeeping")
+        rescue_task = asyncio.create_task(self.rescuer.run(), name="rescue")
         try:
             await worker_task
         finally:
-            tasks = [house_task, listen_task]
+            tasks = [rescue_task, house_task, listen_task]
             if self._cleanup_task is not None:
                 tasks.append(self._cleanup_task)
             for task in tasks:

@@ -4,7 +4,10 @@ A notification is a hint, never the truth: the worker always re-reads the table.
 module only has to (1) keep one autocommit connection LISTENing, (2) notice quickly when it
 is gone, including a half-open TCP connection that never errors by itself (a probe query
 with a deadline every few seconds, plus TCP keepalives), and (3) after every (re)connect ask
-for a sweep, because notifications sent while disconnected are lost.
+for a sweep, because notifications sent while disconnected are lost. It is also where the
+replica's liveness lock lives (`listener.db.liveness`): one long-lived, probed session per
+replica, taken before the connection is reported up, so the work loop (which claims only
+while it is up) never holds rows the other replicas would take for a dead replica's.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import psycopg
 
 from listener.db import queries
+from listener.db.liveness import try_liveness_lock
 from listener.db.pool import KEEPALIVE_KWARGS
 from listener.text import one_line
 
@@ -70,7 +74,8 @@ def _describe(error: BaseException) -> str:
 
 class ListenConnection:
     """Owns the LISTEN connection; calls `on_notify` per valid notification and
-    `on_connected` after every successful (re)connect."""
+    `on_connected` after every successful (re)connect. With `owner`, the connection also
+    holds that owner's liveness lock, taken before it reports connected."""
 
     def __init__(
         self,
@@ -82,8 +87,11 @@ class ListenConnection:
         probe_interval_s: float = 2.0,
         probe_timeout_s: float = 3.0,
         connect_timeout_s: float = 10.0,
+        owner: str | None = None,
     ) -> None:
         self._dsn = dsn
+        self._owner = owner
+        self.lock_held = False
         self._on_notify = on_notify
         self._on_connected = on_connected
         self._on_state = on_state
@@ -96,6 +104,8 @@ class ListenConnection:
         self._failures = 0
 
     def _set_connected(self, connected: bool, error: str | None = None) -> None:
+        if not connected:
+            self.lock_held = False  # it ended with the session
         self.connected = connected
         self.last_error = error
         self._on_state(connected)
@@ -143,6 +153,7 @@ class ListenConnection:
                 raise
 
     async def _serve(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        await self._take_lock(conn)
         await asyncio.wait_for(conn.execute(queries.LISTEN), self.probe_timeout_s)
         reconnected = self.connections > 0
         self.connections += 1
@@ -155,6 +166,23 @@ class ListenConnection:
                 self._dispatch(note)
             # No notification for a while: prove the connection is alive, within a deadline.
             await asyncio.wait_for(conn.execute(queries.PROBE), self.probe_timeout_s)
+            if self._owner is not None and not self.lock_held:
+                await self._take_lock(conn)
+
+    async def _take_lock(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        """Not granted: the key is held elsewhere (an older session of ours the server has
+        not dropped yet, or a hash collision), so our rows still look alive; try again at
+        every probe."""
+        if self._owner is None:
+            return
+        was_refused = self.connected and not self.lock_held
+        self.lock_held = await asyncio.wait_for(try_liveness_lock(conn, self._owner),
+                                                self.probe_timeout_s)
+        if not self.lock_held and not was_refused:
+            log.warning("liveness lock key held by another session; retrying at every probe",
+                        extra={"replica": self._owner})
+        elif self.lock_held and was_refused:
+            log.info("liveness lock taken", extra={"replica": self._owner})
 
     def _dispatch(self, note: psycopg.Notify) -> None:
         if note.channel != queries.CHANNEL:

@@ -45,10 +45,13 @@ class LoopConfig:
 
 class ClaimLoop:
     """One replica's processing loop over one or more kinds of job. `run()` returns after a
-    graceful shutdown; `drain()` processes what is due once and returns."""
+    graceful shutdown; `drain()` processes what is due once and returns. With `alive`,
+    `run()` claims only while it is set (the replica's liveness lock is held): rows claimed
+    without it would be rescued from under it by the other replicas. Set it, then `wake()`."""
 
     def __init__(self, config: LoopConfig, kinds: Sequence[JobKind], attempt: AttemptConfig,
-                 probe_for: Callable[[str], Probe], observer: WorkObserver) -> None:
+                 probe_for: Callable[[str], Probe], observer: WorkObserver,
+                 alive: asyncio.Event | None = None) -> None:
         if not kinds:
             raise ValueError("at least one kind of job")
         self.config = config
@@ -59,6 +62,7 @@ class ClaimLoop:
         self.attempts = AttemptRunner(attempt, self.breakers, self.health, observer,
                                       wake=self.wake)
         self.first_sweep_done = asyncio.Event()
+        self._alive = alive
         self._wake = asyncio.Event()
         self._sweep_requested = True
         self._capacity_bound = False
@@ -108,6 +112,9 @@ class ClaimLoop:
                 now = time.monotonic()
                 if now >= next_sweep:
                     self._sweep_requested = True
+                if self._alive is not None and not self._alive.is_set():
+                    await self._wait(stop, self.config.sweep_interval_s)
+                    continue
                 blocked_s = self._blocked_s(now)
                 if blocked_s > 0:
                     await self._wait(stop, min(blocked_s, self.config.sweep_interval_s))

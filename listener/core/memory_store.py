@@ -44,6 +44,7 @@ class MemoryStore:
         self.clock = clock
         self.rows: dict[int, MemoryRow] = rows if rows is not None else {}
         self.locked: set[int] = set()  # held by someone else's open transaction
+        self.live_owners: set[str] = set()  # owners holding a liveness lock (share it)
         self.claims = 0  # statements run, for tests of how often the loop asks
         self._ids = itertools.count(max(self.rows, default=0) + 1)
 
@@ -74,6 +75,16 @@ class MemoryStore:
         claimed = {row.id for row in due}
         upcoming = [r.next_attempt_at for r in live if r.id not in claimed]
         return entries, (min(upcoming) - now) if upcoming else None
+
+    async def rescue_dead(self) -> int:
+        now = self.clock()
+        dead = [r for r in self.rows.values()
+                if r.status == "processing" and r.next_attempt_at > now
+                and r.id not in self.locked and r.lease_owner is not None
+                and r.lease_owner != self.owner and r.lease_owner not in self.live_owners]
+        for row in dead:
+            row.next_attempt_at = now
+        return len(dead)
 
     def _held(self, entry: ClaimedEntry) -> MemoryRow | None:
         row = self.rows.get(entry.id)

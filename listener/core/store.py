@@ -29,3 +29,9 @@ class JobStore(Protocol):
     async def release(self, entry: ClaimedEntry, delay_s: float, error: str | None) -> bool:
         """Pending again after `delay_s`, no retry spent; False when the claim is stale."""
         ...
+
+    async def rescue_dead(self) -> int:
+        """Make due now the `processing` rows of other owners that are no longer alive
+        (their liveness lock is gone), keeping their claim so the next claim counts a
+        reclaim and fences the old one; how many rows."""
+        ...

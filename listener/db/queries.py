@@ -46,6 +46,20 @@ LISTEN: Final = f'LISTEN "{CHANNEL}"'
 PROBE: Final = "SELECT 1"
 NOTIFY_SELF: Final = "SELECT pg_catalog.pg_notify(%(channel)s, %(payload)s)"
 
+# --- liveness: who is alive, read from PostgreSQL itself (SPEC §4) ---------------------------
+
+# Every replica (and every `drain`/`provision` command) holds a session-level advisory lock
+# keyed (LIVENESS_LOCK_CLASS, hashtext(owner)) on a connection it keeps. The lock ends with
+# the session, so a process that dies (its sockets close) loses it at once and `pg_locks`
+# tells the other replicas, without superuser rights. In `pg_locks` a two-int4 advisory key
+# shows as classid = the class, objid = the hash as an unsigned oid, objsubid = 2. The class
+# differs from PLACEMENT_LOCK_CLASS and from the migration key's upper half.
+LIVENESS_LOCK_CLASS: Final = 0x65766C69  # "evli"
+TRY_LIVENESS_LOCK: Final = (
+    f"SELECT pg_catalog.pg_try_advisory_lock({LIVENESS_LOCK_CLASS}, "
+    "pg_catalog.hashtext(%(owner)s)) AS held"
+)
+
 # --- the work loop: one template per job table -----------------------------------------------
 
 
@@ -182,6 +196,51 @@ WITH released AS (
 )
 SELECT id, public.evolution_listener_notify('{self.channel}', id, user_id)
 FROM released
+"""
+
+    @cached_property
+    def rescue_dead(self) -> str:
+        """Make due now the `processing` rows whose owner holds no liveness lock (its
+        process died), so a claim takes them as a reclaim within seconds instead of after
+        the lease. Status, owner and `attempts` stay: the claim bumps `attempts` as for any
+        expired lease, so the fencing is unchanged, and a late transition of an owner that
+        was only cut off updates nothing once the row is claimed again. Never this
+        replica's rows; never rows already due (the claim takes those anyway). Reads only
+        `processing` rows through the partial index on next_attempt_at. An owner whose hash
+        collides with a live owner's looks alive: its rows wait for the lease, as before.
+        Every replica is told, so whichever has capacity takes the rows."""
+        return f"""
+WITH live AS MATERIALIZED (
+    SELECT l.objid
+    FROM pg_catalog.pg_locks AS l
+    WHERE l.locktype = 'advisory'
+      AND l.classid = {LIVENESS_LOCK_CLASS}::oid
+      AND l.objsubid = 2
+      AND l.granted
+      AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                        WHERE d.datname = pg_catalog.current_database())
+), dead AS (
+    SELECT q.id
+    FROM {self.qualified} AS q
+    WHERE q.status = 'processing'
+      AND q.next_attempt_at > now()
+      AND q.lease_expires_at > now()
+      AND q.lease_owner <> %(owner)s
+      AND NOT EXISTS (
+          SELECT 1 FROM live
+          WHERE live.objid = pg_catalog.hashtext(q.lease_owner)::oid
+      )
+    FOR UPDATE OF q SKIP LOCKED
+), rescued AS (
+    UPDATE {self.qualified} AS q
+    SET next_attempt_at = now(),
+        updated_at = now()
+    FROM dead
+    WHERE q.id = dead.id
+    RETURNING q.id, q.user_id
+)
+SELECT id, public.evolution_listener_notify('{self.channel}', id, user_id)
+FROM rescued
 """
 
     @cached_property

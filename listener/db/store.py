@@ -139,6 +139,11 @@ class LeaseStore:
         )
         return bool(rows)
 
+    async def rescue_dead(self) -> int:
+        """Make due now the rows of owners that hold no liveness lock (see
+        `JobTable.rescue_dead`); how many."""
+        return len(await self._fetchall(self.table.rescue_dead, {"owner": self.owner}))
+
     async def work_depth(self) -> WorkDepth:
         [depth] = await self._fetchall(self.table.work_depth)
         [failed] = await self._fetchall(self.table.failed_count)

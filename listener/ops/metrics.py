@@ -119,6 +119,7 @@ class Metrics:
     - `listen_reconnects`: evolution_listener_listen_reconnects_total
     - `sweeps`: evolution_listener_sweeps_total
     - `reclaimed_leases`: evolution_listener_reclaimed_leases_total
+    - `rescued`: evolution_listener_rescued_total; kind (rows of dead replicas made due)
     - `claimed`: evolution_listener_claimed_entries_total (rows, not statements)
     - `backoff_active`: evolution_listener_backoff_active (0/1)
     - `build_info`: evolution_listener_build_info; version, python
@@ -198,6 +199,14 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.rescued = Counter(
+            "rescued",
+            "Entries of a dead replica (its liveness lock gone) made due at once by this "
+            "replica, instead of after their lease; each is then counted as reclaimed.",
+            ["kind"],
+            namespace=ns,
+            registry=reg,
+        )
         self.claimed = Counter(
             "claimed_entries",
             "Queue entries claimed (one per row, not per statement).",
@@ -223,6 +232,7 @@ class Metrics:
 
         for outcome in OUTCOMES:
             self.provisioned.labels(outcome=outcome)
+        self.rescued.labels(kind="creation")
         self._queue_statuses: set[str] = set(QUEUE_STATUSES)
         for status in QUEUE_STATUSES:
             self.queue_depth.labels(status=status).set(0)

@@ -18,7 +18,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from listener.core.memory_store import MemoryStore
 from listener.core.store import JobStore
+from listener.db import queries
 from listener.db.store import LeaseStore
+from tests.harness import wait_until_sync
 from tests.pg import TestDatabase
 
 
@@ -34,6 +36,10 @@ class Backend(Protocol):
         ...
 
     def lock(self, entry_id: int) -> contextlib.AbstractContextManager[None]: ...
+
+    def alive(self, owner: str) -> contextlib.AbstractContextManager[None]:
+        """`owner` holds its liveness lock for the block (a live replica)."""
+        ...
 
 
 @dataclass
@@ -51,6 +57,7 @@ class MemoryBackend:
     def store(self, owner: str) -> JobStore:
         store = MemoryStore(owner, lease_s=60, clock=self.clock, rows=self.rows)
         store.locked = self._seed.locked
+        store.live_owners = self._seed.live_owners
         return store
 
     def add(self, due_in_s: float = 0.0) -> int:
@@ -73,6 +80,14 @@ class MemoryBackend:
             yield
         finally:
             self._seed.locked.discard(entry_id)
+
+    @contextlib.contextmanager
+    def alive(self, owner: str) -> Iterator[None]:
+        self._seed.live_owners.add(owner)
+        try:
+            yield
+        finally:
+            self._seed.live_owners.discard(owner)
 
 
 @dataclass
@@ -109,6 +124,20 @@ class PgBackend:
                          "FOR UPDATE", (entry_id,))
             yield
             conn.rollback()
+
+    @contextlib.contextmanager
+    def alive(self, owner: str) -> Iterator[None]:
+        """A session of the service's least-privilege role holding the lock, as a replica's
+        LISTEN connection does."""
+        with psycopg.connect(self.db.service_dsn, autocommit=True) as conn:
+            [(held,)] = conn.execute(queries.TRY_LIVENESS_LOCK, {"owner": owner}).fetchall()
+            assert held is True
+            yield
+        # The server ends a closed session (and its lock) a moment after the close.
+        wait_until_sync(lambda: not self.db.query(
+            "SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' "
+            "AND classid = %s::oid AND objid = pg_catalog.hashtext(%s)::oid",
+            (queries.LIVENESS_LOCK_CLASS, owner)), timeout_s=5)
 
 
 @pytest.fixture(params=["postgresql", "memory"])
@@ -212,3 +241,53 @@ async def test_reclaims_are_counted_per_expired_lease(backend: Backend) -> None:
         counts.append(entry.reclaim_count)
         backend.expire_leases()
     assert counts == [0, 1, 2]
+
+
+async def test_rows_of_a_dead_owner_are_made_due_live_and_own_rows_are_not(
+    backend: Backend,
+) -> None:
+    dead_row, live_row, own_row = backend.add(), backend.add(), backend.add()
+    dead, live, me = backend.store("dead"), backend.store("live"), backend.store("me")
+    [lost], _ = await dead.claim(1)
+    [held], _ = await live.claim(1)
+    [mine], _ = await me.claim(1)
+    assert (lost.id, held.id, mine.id) == (dead_row, live_row, own_row)
+    with backend.alive("live"):
+        assert await me.rescue_dead() == 1
+        assert await me.rescue_dead() == 0  # already due: not counted twice
+        assert await live.rescue_dead() == 1  # "me" holds no lock: its rows look dead too
+    status, retries, _, due_s = backend.row(dead_row)
+    assert (status, retries) == ("processing", 0) and due_s <= 0.5
+    assert backend.row(live_row)[3] > 50  # a live owner's lease is left alone
+    # The rescued row is claimed as a reclaim, and the dead owner's claim is fenced.
+    other = backend.store("other")
+    claimed, _ = await other.claim(5)
+    by_id = {e.id: e for e in claimed}
+    assert set(by_id) == {dead_row, own_row}
+    again = by_id[dead_row]
+    assert again.reclaimed and (again.claim_seq, again.reclaim_count) == (lost.claim_seq + 1, 1)
+    assert await dead.fail(lost, 0, "late") is False
+    assert await dead.release(lost, 0.0, None) is False
+    assert await other.fail(again, 0, "done") is True
+
+
+async def test_rescue_leaves_rows_whose_lease_already_expired_to_the_claim(
+    backend: Backend,
+) -> None:
+    backend.add()
+    dead, me = backend.store("dead"), backend.store("me")
+    await dead.claim(1)
+    backend.expire_leases()
+    assert await me.rescue_dead() == 0
+    [entry], _ = await me.claim(1)
+    assert entry.reclaimed
+
+
+async def test_a_live_owners_rows_are_rescued_once_its_lock_is_gone(backend: Backend) -> None:
+    entry_id = backend.add()
+    owner, me = backend.store("owner"), backend.store("me")
+    with backend.alive("owner"):
+        await owner.claim(1)
+        assert await me.rescue_dead() == 0
+    assert await me.rescue_dead() == 1
+    assert backend.row(entry_id)[3] <= 0.5

@@ -1,0 +1,98 @@
+"""The rescue statement and the liveness lock against a real PostgreSQL, as the service's
+least-privilege role: what `pg_locks` shows that role, and what the statement costs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from listener.db import queries
+from listener.db.liveness import liveness_lock_held
+from listener.db.store import LeaseStore
+from tests.harness import wait_until
+from tests.pg import TestDatabase
+
+
+def _processing_row(db: TestDatabase, owner: str) -> int:
+    [(entry_id,)] = db.query(
+        "INSERT INTO evolution_instance_creation_queue "
+        "(user_id, status, lease_owner, attempts, lease_expires_at, next_attempt_at) "
+        "VALUES (%s, 'processing', %s, 1, now() + interval '60 seconds', "
+        "now() + interval '60 seconds') RETURNING id", (uuid.uuid4(), owner))
+    return int(entry_id)  # type: ignore[call-overload]
+
+
+def _due_in_s(db: TestDatabase, entry_id: int) -> float:
+    return float(db.scalar(  # type: ignore[arg-type]
+        "SELECT EXTRACT(EPOCH FROM next_attempt_at - now())::float8 "
+        "FROM evolution_instance_creation_queue WHERE id = %s", (entry_id,)))
+
+
+async def test_a_commands_lock_keeps_its_rows_and_its_end_releases_them(
+    db: TestDatabase,
+) -> None:
+    owner = "host:1234:abcdef"
+    entry_id = _processing_row(db, owner)
+    async with AsyncConnectionPool(db.service_dsn, kwargs={"autocommit": True},
+                                   min_size=1, max_size=1) as pool:
+        rescuer = LeaseStore(pool, "rescuer", lease_s=60)
+        async with liveness_lock_held(db.service_dsn, owner) as held:
+            assert held is True
+            # A second session cannot take the same key: it is one owner's.
+            async with liveness_lock_held(db.service_dsn, owner) as again:
+                assert again is False
+            assert await rescuer.rescue_dead() == 0
+            assert _due_in_s(db, entry_id) > 50
+        # The server ends the closed session (and its lock) a moment after the close.
+        rescued = []
+
+        async def rescued_once() -> bool:
+            rescued.append(await rescuer.rescue_dead())
+            return sum(rescued) > 0
+
+        await wait_until(rescued_once, timeout_s=5)
+        assert sum(rescued) == 1
+    assert _due_in_s(db, entry_id) <= 0.5
+
+
+def test_the_lock_shows_in_pg_locks_for_the_service_role(db: TestDatabase) -> None:
+    owner = "a-replica"
+    with psycopg.connect(db.service_dsn, autocommit=True) as holder, \
+            psycopg.connect(db.service_dsn, autocommit=True) as reader:
+        holder.execute(queries.TRY_LIVENESS_LOCK, {"owner": owner})
+        rows = reader.execute(
+            "SELECT l.objid = pg_catalog.hashtext(%s)::oid, l.database = d.oid "
+            "FROM pg_catalog.pg_locks AS l, pg_catalog.pg_database AS d "
+            "WHERE l.locktype = 'advisory' AND l.classid = %s::oid AND l.objsubid = 2 "
+            "AND l.granted AND d.datname = current_database()",
+            (owner, queries.LIVENESS_LOCK_CLASS)).fetchall()
+    assert rows == [(True, True)]
+
+
+def test_the_rescue_reads_only_live_rows_through_the_partial_index(db: TestDatabase) -> None:
+    db.query(
+        "INSERT INTO evolution_instance_creation_queue (user_id, status, processed_at) "
+        "SELECT gen_random_uuid(), 'completed', now() FROM generate_series(1, 20000)")
+    for n in range(5):
+        _processing_row(db, f"owner-{n}")
+    db.query("ANALYZE evolution_instance_creation_queue")
+    sql = queries.CREATION_QUEUE.rescue_dead.replace("%(owner)s", "'me'")
+    with db.connect() as conn:
+        [(plan,)] = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}").fetchall()
+    text = json.dumps(plan)
+    scans = []
+
+    def walk(node: dict[str, object]) -> None:
+        if node.get("Relation Name") == "evolution_instance_creation_queue":
+            scans.append((node["Node Type"], node.get("Index Name")))
+        for child in node.get("Plans", []):  # type: ignore[attr-defined]
+            walk(child)
+
+    walk(plan[0]["Plan"])  # type: ignore[index]
+    assert scans, text
+    assert all(kind != "Seq Scan" for kind, _ in scans), scans
+    assert ("evolution_instance_creation_queue_due_idx" in
+            {index for _, index in scans}), scans
