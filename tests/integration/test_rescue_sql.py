@@ -22,7 +22,7 @@ def _processing_row(db: TestDatabase, owner: str) -> int:
         "(user_id, status, lease_owner, attempts, lease_expires_at, next_attempt_at) "
         "VALUES (%s, 'processing', %s, 1, now() + interval '60 seconds', "
         "now() + interval '60 seconds') RETURNING id", (uuid.uuid4(), owner))
-    return int(entry_id)  # type: ignore[call-overload]
+    return int(str(entry_id))
 
 
 def _due_in_s(db: TestDatabase, entry_id: int) -> float:

@@ -56,7 +56,7 @@ def kind_of(name: str, store: MemoryStore | None = None) -> tuple[JobKind, Memor
 
 
 def make_loop(kinds: Sequence[JobKind], *, concurrency: int = 2, grace_s: float = 1.0,
-              probe: Probe | None = None) -> ClaimLoop:
+              probe: Probe | None = None, alive: asyncio.Event | None = None) -> ClaimLoop:
     async def healthy() -> tuple[bool, str]:
         return True, "ok"
 
@@ -66,6 +66,7 @@ def make_loop(kinds: Sequence[JobKind], *, concurrency: int = 2, grace_s: float 
         AttemptConfig(lease_s=30, max_reclaims=3, retry=RetryPolicy(max_retries=3, base_ms=800)),
         probe_for=lambda server: probe or healthy,
         observer=NullObserver(),
+        alive=alive,
     )
 
 
@@ -103,6 +104,24 @@ async def test_claims_only_free_capacity_and_a_finishing_task_wakes_the_loop() -
         job.gate.set()  # the sweep interval is 5 s: only finishing tasks can wake the loop
         await until(lambda: statuses(store) == ["completed"] * 5)
     assert loop.counts.completed == 5
+
+
+async def test_nothing_is_claimed_while_the_liveness_lock_is_not_held() -> None:
+    kind, store, _job = kind_of("creation")
+    store.add()
+    alive = asyncio.Event()
+    loop = make_loop([kind], alive=alive)
+    async with running(loop):
+        await asyncio.sleep(0.1)
+        assert store.claims == 0 and not loop.first_sweep_done.is_set()
+        alive.set()
+        loop.wake()
+        await until(lambda: statuses(store) == ["completed"])
+        alive.clear()  # lost again: what is due now stays for the other replicas
+        store.add()
+        loop.wake()
+        await asyncio.sleep(0.1)
+    assert statuses(store) == ["completed", "pending"]
 
 
 async def test_due_but_locked_rows_back_off_instead_of_polling() -> None:
