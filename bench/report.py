@@ -113,6 +113,13 @@ FIGURES: list[Figure] = [
            lambda v: v >= 2.0),
     Figure("double_claims", "double claims (all drains)", "", _double_claims, "0",
            lambda v: v == 0),
+    Figure("crash_p99", "kill -9 of 1 of 3 replicas: affected entries p99", "ms",
+           lambda r: _num(_get(r, "crash", "affected_latency_ms", "p99")), "<= 5000",
+           lambda v: v <= 5000),
+    Figure("crash_max", "kill -9 of 1 of 3 replicas: affected entries max", "ms",
+           lambda r: _num(_get(r, "crash", "affected_latency_ms", "max"))),
+    Figure("crash_lost", "kill -9: entries lost or created twice", "", lambda r: _num(
+        _get(r, "crash", "lost_or_duplicated")), "0", lambda v: v == 0),
     Figure("peak_rss", "peak RSS, service process", "MiB", _peak_rss, "< 80",
            lambda v: v < 80),
     Figure("claim_ratio", "claim cost, 1M completed vs empty (p50)", "x", lambda r: _num(_get(

@@ -30,6 +30,7 @@ CASES: dict[str, Callable[[cases.Options], dict[str, Any]]] = {
     "drain_0ms_x1": lambda o: cases.drain(o, 0.0, 1),
     "drain_50ms_x1": lambda o: cases.drain(o, 50.0, 1),
     "drain_50ms_x3": lambda o: cases.drain(o, 50.0, 3),
+    "crash": cases.crash,
 }
 
 # Cases whose figures move from run to run on a shared 2-core VM: a full run repeats them,
