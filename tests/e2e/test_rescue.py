@@ -153,3 +153,27 @@ def test_a_replica_cut_off_from_its_lock_is_rescued_and_its_late_writes_are_fenc
         assert survivor.stop() == 0
     assert recovered_in < 5, recovered_in
     _assert_each_user_once(db, sim_thread, users, held)
+
+
+def test_a_provision_command_holds_a_lock_so_a_replica_does_not_rescue_its_row(
+    db: TestDatabase, sim_thread: SimulatorThread
+) -> None:
+    sim_thread.simulator.options.latency_ms = 3000  # the command holds its row ~6 s
+    [user] = signup(db.dsn)  # no replica runs yet: the row waits, pending
+    env = service_env(db.service_dsn, sim_thread.base_url, sim_thread.api_key,
+                      LISTENER_LEASE_S=LEASE_S, LISTENER_HTTP_TIMEOUT_S=10)
+    command = ServiceProcess(env, command=("provision", str(user)))
+    replica: ServiceProcess | None = None
+    try:
+        wait_until_sync(lambda: _held_by(db, command) == {user}, timeout_s=10)
+        replica = _replica(db.service_dsn, sim_thread)
+        replica.wait_ready()
+        time.sleep(2.5)  # two rescue periods and more while the command's calls run
+        assert _held_by(db, command) == {user}
+        assert command.proc.wait(20) == 0, command.output
+        assert _rescued_total(replica) == 0
+    finally:
+        command.close()
+        assert replica is None or replica.stop() == 0
+    row = queue_rows(db.dsn)[user]
+    assert (row["status"], row["attempts"], row["reclaim_count"]) == ("completed", 1, 0)
