@@ -12,7 +12,8 @@ from psycopg_pool import AsyncConnectionPool
 from listener.db import queries
 from listener.db.liveness import liveness_lock_held
 from listener.db.store import LeaseStore
-from tests.harness import wait_until
+from listener.simulator import SimulatorOptions, running_simulator
+from tests.harness import InProcessService, service_env, wait_until
 from tests.pg import TestDatabase
 
 
@@ -96,3 +97,37 @@ def test_the_rescue_reads_only_live_rows_through_the_partial_index(db: TestDatab
     assert all(kind != "Seq Scan" for kind, _ in scans), scans
     assert ("evolution_instance_creation_queue_due_idx" in
             {index for _, index in scans}), scans
+
+
+def _lock_holders(db: TestDatabase, owner: str) -> list[tuple[object, ...]]:
+    return db.query(
+        "SELECT a.pid, a.application_name FROM pg_catalog.pg_locks AS l "
+        "JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.classid = %s::oid "
+        "AND l.objid = pg_catalog.hashtext(%s)::oid AND l.objsubid = 2 AND l.granted",
+        (queries.LIVENESS_LOCK_CLASS, owner))
+
+
+async def test_a_replica_holds_its_lock_on_the_listen_session_and_retakes_it(
+    db: TestDatabase,
+) -> None:
+    async with running_simulator(SimulatorOptions(seed=5)) as sim:
+        replica = InProcessService(service_env(db.service_dsn, sim.base_url, sim.api_key))
+        owner = replica.service.owner
+        # Its key is held elsewhere first (an old session of the same owner, or a colliding
+        # hash): the replica still starts, and takes the lock once the key is free.
+        async with liveness_lock_held(db.service_dsn, owner) as held:
+            assert held
+            await replica.start()
+            assert replica.service.listen.lock_held is False
+        try:
+            await wait_until(lambda: replica.service.listen.lock_held, timeout_s=6)
+            [(pid, app)] = _lock_holders(db, owner)
+            assert app == "evolution-listener:listen"
+            db.query("SELECT pg_terminate_backend(%s)", (pid,))
+            await wait_until(lambda: [p for p, _ in _lock_holders(db, owner) if p != pid],
+                             timeout_s=10)
+            await replica.wait_ready()
+            assert replica.service.listen.lock_held
+        finally:
+            assert await replica.stop() == 0
