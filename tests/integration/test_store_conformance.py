@@ -73,21 +73,21 @@ class MemoryBackend:
         r = self.rows[entry_id]
         return r.status, r.retry_count, r.error_message, r.next_attempt_at - self.clock_s
 
-    @contextlib.contextmanager
-    def lock(self, entry_id: int) -> Iterator[None]:
-        self._seed.locked.add(entry_id)
-        try:
-            yield
-        finally:
-            self._seed.locked.discard(entry_id)
+    def lock(self, entry_id: int) -> contextlib.AbstractContextManager[None]:
+        return _member(self._seed.locked, entry_id)
 
-    @contextlib.contextmanager
-    def alive(self, owner: str) -> Iterator[None]:
-        self._seed.live_owners.add(owner)
-        try:
-            yield
-        finally:
-            self._seed.live_owners.discard(owner)
+    def alive(self, owner: str) -> contextlib.AbstractContextManager[None]:
+        return _member(self._seed.live_owners, owner)
+
+
+@contextlib.contextmanager
+def _member(items: set[Any], item: Any) -> Iterator[None]:
+    """`item` is in `items` for the block (a held row lock, a held liveness lock)."""
+    items.add(item)
+    try:
+        yield
+    finally:
+        items.discard(item)
 
 
 @dataclass
