@@ -83,7 +83,7 @@ class MemoryStore:
                 and r.id not in self.locked and r.lease_owner is not None
                 and r.lease_owner != self.owner and r.lease_owner not in self.live_owners]
         for row in dead:
-            row.next_attempt_at = now
+            row.next_attempt_at = now  # PostgreSQL: its insert time (no clock for it here)
         return len(dead)
 
     def _held(self, entry: ClaimedEntry) -> MemoryRow | None:

@@ -202,7 +202,8 @@ FROM released
     def rescue_dead(self) -> str:
         """Make due now the `processing` rows whose owner holds no liveness lock (its
         process died), so a claim takes them as a reclaim within seconds instead of after
-        the lease. Status, owner and `attempts` stay: the claim bumps `attempts` as for any
+        the lease. Due as of their insert, so they keep their place in the oldest-first
+        claim order instead of queueing behind a backlog that arrived after them. Status, owner and `attempts` stay: the claim bumps `attempts` as for any
         expired lease, so the fencing is unchanged, and a late transition of an owner that
         was only cut off updates nothing once the row is claimed again. Never this
         replica's rows; never rows already due (the claim takes those anyway). Reads only
@@ -233,7 +234,7 @@ WITH live AS MATERIALIZED (
     FOR UPDATE OF q SKIP LOCKED
 ), rescued AS (
     UPDATE {self.qualified} AS q
-    SET next_attempt_at = now(),
+    SET next_attempt_at = q.created_at,
         updated_at = now()
     FROM dead
     WHERE q.id = dead.id

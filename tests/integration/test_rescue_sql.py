@@ -131,3 +131,15 @@ async def test_a_replica_holds_its_lock_on_the_listen_session_and_retakes_it(
             assert replica.service.listen.lock_held
         finally:
             assert await replica.stop() == 0
+
+
+async def test_a_rescued_row_keeps_its_place_before_a_later_backlog(db: TestDatabase) -> None:
+    rescued_id = _processing_row(db, "dead-owner")
+    db.query("INSERT INTO evolution_instance_creation_queue (user_id) "
+             "SELECT gen_random_uuid() FROM generate_series(1, 5)")
+    async with AsyncConnectionPool(db.service_dsn, kwargs={"autocommit": True},
+                                   min_size=1, max_size=1) as pool:
+        store = LeaseStore(pool, "survivor", lease_s=60)
+        assert await store.rescue_dead() == 1
+        [first], _ = await store.claim(1)
+    assert first.id == rescued_id and first.reclaimed
