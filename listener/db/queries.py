@@ -200,16 +200,17 @@ FROM released
 
     @cached_property
     def rescue_dead(self) -> str:
-        """Make due now the `processing` rows whose owner holds no liveness lock (its
-        process died), so a claim takes them as a reclaim within seconds instead of after
-        the lease. Due as of their insert, so they keep their place in the oldest-first
-        claim order instead of queueing behind a backlog that arrived after them. Status, owner and `attempts` stay: the claim bumps `attempts` as for any
-        expired lease, so the fencing is unchanged, and a late transition of an owner that
-        was only cut off updates nothing once the row is claimed again. Never this
-        replica's rows; never rows already due (the claim takes those anyway). Reads only
-        `processing` rows through the partial index on next_attempt_at. An owner whose hash
-        collides with a live owner's looks alive: its rows wait for the lease, as before.
-        Every replica is told, so whichever has capacity takes the rows."""
+        """Make due the `processing` rows whose owner holds no liveness lock (its process
+        died), so a claim takes them as a reclaim within seconds instead of after the
+        lease. Due as of their insert, so they keep their place in the oldest-first claim
+        order instead of queueing behind a backlog that arrived after them. Status, owner
+        and `attempts` stay: the claim bumps `attempts` as for any expired lease, so the
+        fencing is unchanged, and a late transition of an owner that was only cut off
+        updates nothing once the row is claimed again. Never this replica's rows; never
+        rows already due (the claim takes those anyway). Reads only `processing` rows
+        through the partial index on next_attempt_at. An owner whose hash collides with a
+        live owner's looks alive: its rows wait for the lease, as before. Every replica is
+        told, so whichever has capacity takes the rows."""
         return f"""
 WITH live AS MATERIALIZED (
     SELECT l.objid
