@@ -30,7 +30,7 @@ import psutil
 import psycopg
 
 from listener.db.migrate import migrate
-from listener.embedded_pg import EmbeddedPostgres, free_port
+from listener.dev.embedded_pg import EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_ROLE = "bench_service"

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 from listener.config import Settings, load_settings
-from listener.embedded_pg import free_port
+from listener.dev.embedded_pg import free_port
 from listener.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from listener.simulator import SimulatorThread
+from listener.dev.simulator import SimulatorThread
 from tests.e2e.cli_helpers import (
     add_fault,
     env_for,

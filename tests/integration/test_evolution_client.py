@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import pytest
 
 from listener.config import WEBHOOK_EVENTS
+from listener.dev.simulator import ScriptedFault, Simulator
 from listener.evolution import (
     AlreadyExistsError,
     AuthError,
@@ -36,7 +37,6 @@ from listener.evolution import (
     TransientError,
     WebhookSpec,
 )
-from listener.simulator import ScriptedFault, Simulator
 from tests import simulator_fixtures
 from tests.simulator_fixtures import unused_tcp_port
 

@@ -32,14 +32,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from listener.config import WEBHOOK_EVENTS as CONFIG_EVENTS
-from listener.evolution import (
-    ALL_WEBHOOK_EVENTS,
-    EvolutionClient,
-    ServiceUnavailableError,
-    TransientError,
-    WebhookSpec,
-)
-from listener.simulator import (
+from listener.dev.simulator import (
     INSTANCE_SCHEMA,
     WEBHOOK_EVENTS,
     WEBHOOK_SCHEMA,
@@ -48,7 +41,14 @@ from listener.simulator import (
     SimulatorThread,
     running_simulator,
 )
-from listener.simulator.schema import CREATE_FLAT_EVENTS, js_json_error
+from listener.dev.simulator.schema import CREATE_FLAT_EVENTS, js_json_error
+from listener.evolution import (
+    ALL_WEBHOOK_EVENTS,
+    EvolutionClient,
+    ServiceUnavailableError,
+    TransientError,
+    WebhookSpec,
+)
 from tests import simulator_fixtures
 
 # The shared fixture, bound here so this module does not depend on a conftest.
@@ -471,7 +471,7 @@ async def test_simulator_answers_quickly_under_load() -> None:
 def test_cli_main_serves_until_sigterm() -> None:
     """`main()` binds 127.0.0.1 by default, serves, and exits 0 on SIGTERM."""
     code = (
-        "import sys; from listener.simulator import main; "
+        "import sys; from listener.dev.simulator import main; "
         "sys.exit(main(['--port', '0', '--api-key', 'cli-key', '--seed', '1']))"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}

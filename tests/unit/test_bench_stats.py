@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from listener.demo_stats import format_duration_ms, percentile, rate_per_s, ratio, summarize
+from listener.dev.demo.stats import format_duration_ms, percentile, rate_per_s, ratio, summarize
 
 pytestmark = pytest.mark.unit
 

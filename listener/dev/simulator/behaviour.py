@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from listener.simulator.options import SimulatorOptions
-from listener.simulator.schema import (
+from listener.dev.simulator.options import SimulatorOptions
+from listener.dev.simulator.schema import (
     INSTANCE_SCHEMA,
     WEBHOOK_EVENTS,
     WEBHOOK_SCHEMA,
     js_string,
     validate,
 )
-from listener.simulator.state import IdFactory, SimInstance, SimWebhook, Store, iso_now
+from listener.dev.simulator.state import IdFactory, SimInstance, SimWebhook, Store, iso_now
 
 __all__ = ["Call", "EvolutionBehaviour", "Reply", "envelope"]
 

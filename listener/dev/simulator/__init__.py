@@ -5,7 +5,7 @@ background thread (`with SimulatorThread(options) as t:`), or on its own (`main(
 CLI's `simulator` subcommand). See `app.py` for the fault pipeline and control endpoints.
 """
 
-from listener.simulator.app import (
+from listener.dev.simulator.app import (
     Simulator,
     SimulatorThread,
     build_parser,
@@ -15,10 +15,10 @@ from listener.simulator.app import (
     running_simulator,
     serve,
 )
-from listener.simulator.behaviour import Reply, envelope
-from listener.simulator.options import ScriptedFault, SimulatorOptions
-from listener.simulator.schema import INSTANCE_SCHEMA, WEBHOOK_EVENTS, WEBHOOK_SCHEMA
-from listener.simulator.state import RequestRecord, SimInstance, SimWebhook
+from listener.dev.simulator.behaviour import Reply, envelope
+from listener.dev.simulator.options import ScriptedFault, SimulatorOptions
+from listener.dev.simulator.schema import INSTANCE_SCHEMA, WEBHOOK_EVENTS, WEBHOOK_SCHEMA
+from listener.dev.simulator.state import RequestRecord, SimInstance, SimWebhook
 
 __all__ = [
     "INSTANCE_SCHEMA",
