@@ -1,10 +1,10 @@
-"""The Evolution API simulator: an aiohttp server that answers like v2.3.6, with fault switches.
+"""The Evolution API simulator's HTTP server: one `Simulator`, its fault pipeline and timers.
 
 Why it exists: the listener's tests, demo and benchmarks need an Evolution API that is
 fast, local, deterministic and breakable on demand (errors, 429s, hangs, resets, lost
-answers, outages, a rotated key). `behaviour.py` holds what the real server answers; this
-module is the HTTP side: routing like Express, the fault pipeline, the request log and the
-control endpoints.
+answers, outages, a rotated key). `behaviour.py` holds what the real server answers;
+`routing.py` maps paths to operations; `control.py` is the test-facing control API;
+`harness.py` runs one or several servers (in-process or in a thread); `cli.py` the command.
 
 Order of one API request (a fault earlier in the list wins):
 1. outage (503 page, reset, or refused connections): a proxy/network failure, GET / included
@@ -14,53 +14,37 @@ Order of one API request (a fault earlier in the list wins):
 5. one draw for the rates: hang, reset, 429, 500, lost answer; then `webhook_set_error_rate`
 6. the real behaviour (guards, auth, validation, controller)
 
-Control (no key; bind to loopback only):
-- `GET /_sim/state`: options (key masked), counts, pending deletes, scripted faults
-- `GET /_sim/requests?since=SEQ&limit=N`: the request log
-- `POST /_sim/control`: JSON with any `SimulatorOptions` field, plus actions
-  `outage` (bool, with optional `outage_s`, `outage_mode`), `add_faults` ([fault...]),
-  `fail_next` ({"operation", "statuses": [...], "instance"}), `clear_script` (true),
-  `complete_deletes` (true or [names]), `restart` (true), `set_state` ({name: state}),
-  `refuse_s` (seconds of refused connections)
-- `POST /_sim/reset`: forget everything (`{"keep_options": true}` keeps the options)
+What takes time on the real server, by default as recorded: a delete answers 200 at once
+and the name stays in use for `delete_delay_s` (1 s), longer while a REMOVE_INSTANCE
+delivery to a loopback webhook is retried; `del_instance_s` deletes instances left
+unconnected (DEL_INSTANCE). A `restart()` loses pending deletes and DEL_INSTANCE timers.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import copy
 import dataclasses
-import itertools
-import json
 import logging
 import math
 import random
-import signal
 import socket
 import struct
-import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
 
-from listener import aio
+from listener.dev.simulator import control as control_api
+from listener.dev.simulator import deliveries
 from listener.dev.simulator.behaviour import Call, EvolutionBehaviour, Reply, dumps, envelope
-from listener.dev.simulator.options import (
-    OutageMode,
-    ScriptedFault,
-    SimulatorOptions,
-    options_from_json,
-)
-from listener.dev.simulator.schema import js_json_error
+from listener.dev.simulator.options import OutageMode, ScriptedFault, SimulatorOptions
+from listener.dev.simulator.routing import parse_body, route
 from listener.dev.simulator.state import (
     IdFactory,
     RequestLog,
@@ -70,65 +54,13 @@ from listener.dev.simulator.state import (
     Store,
 )
 
-__all__ = [
-    "Simulator",
-    "SimulatorThread",
-    "main",
-    "route",
-    "running_simulator",
-    "serve",
-]
+__all__ = ["STATES", "Simulator"]
 
 _LOG = logging.getLogger("listener.dev.simulator")
-_T = TypeVar("_T")
-_JSON_TYPE = "application/json; charset=utf-8"
+_JSON_TYPE = control_api.JSON_TYPE
 _REDACTED = "<redacted>"
 _SECRET_HEADERS = frozenset({"apikey", "authorization"})
-_STATES = frozenset({"close", "connecting", "open"})
-_OPTION_FIELDS = frozenset(f.name for f in dataclasses.fields(SimulatorOptions))
-_ACTIONS = frozenset(
-    {
-        "outage",
-        "add_faults",
-        "fail_next",
-        "clear_script",
-        "complete_deletes",
-        "restart",
-        "set_state",
-        "refuse_s",
-    }
-)
-
-# Express routing: fixed segments match case-insensitively, one trailing slash is allowed.
-_STATIC_ROUTES: dict[tuple[str, str], str] = {
-    ("GET", ""): "root",
-    ("POST", "verify-creds"): "verify_creds",
-    ("POST", "instance/create"): "create_instance",
-    ("GET", "instance/fetchinstances"): "fetch_instances",
-}
-_PARAM_ROUTES: dict[tuple[str, str], str] = {
-    ("GET", "instance/connectionstate"): "connection_state",
-    ("GET", "instance/connect"): "connect",
-    ("DELETE", "instance/logout"): "logout",
-    ("DELETE", "instance/delete"): "delete_instance",
-    ("POST", "instance/restart"): "restart",
-    ("POST", "webhook/set"): "set_webhook",
-    ("GET", "webhook/find"): "find_webhook",
-}
-
-
-def route(method: str, raw_path: str) -> tuple[str, str | None] | None:
-    """(operation, decoded `:instanceName`) for a method and a raw (still %-encoded) path."""
-    method = "GET" if method == "HEAD" else method
-    segments = raw_path.split("/")[1:]
-    if len(segments) > 1 and segments[-1] == "":
-        segments = segments[:-1]
-    if len(segments) == 3 and segments[2]:
-        operation = _PARAM_ROUTES.get((method, f"{segments[0]}/{segments[1]}".lower()))
-        if operation is not None:
-            return operation, unquote(segments[2])
-    operation = _STATIC_ROUTES.get((method, "/".join(segments).lower()))
-    return (operation, None) if operation is not None else None
+STATES = frozenset({"close", "connecting", "open"})
 
 
 def _proxy_page(status: int) -> str:
@@ -194,6 +126,15 @@ class Simulator:
         self._outage_until: float | None = None
         self._outage_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._listen_lock: asyncio.Lock | None = None
+        # In-memory work of the real server, lost on restart: DEL_INSTANCE timers and
+        # REMOVE_INSTANCE deliveries holding a delete, by instance name.
+        self._del_timers: dict[str, asyncio.TimerHandle] = {}
+        self._deliveries: dict[str, asyncio.Task[None]] = {}
+        seed = self._options.seed
+        self._delivery_rng = random.Random(None if seed is None else ~seed)
+        self.behaviour.on_created = self._on_created
+        self.behaviour.on_delete = self._on_delete
 
     # -- properties ----------------------------------------------------------------------
 
@@ -245,6 +186,7 @@ class Simulator:
         """Bind and serve (port 0 picks a free port; see `port` / `base_url`)."""
         self._loop = asyncio.get_running_loop()
         self._closing = asyncio.Event()
+        self._listen_lock = asyncio.Lock()
         self._stopped = False
         self._runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0
@@ -269,6 +211,7 @@ class Simulator:
         if self._outage_timer is not None:
             self._outage_timer.cancel()
             self._outage_timer = None
+        self._forget_server_work()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -292,27 +235,120 @@ class Simulator:
     ) -> None:
         await self.stop()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None] | None:
         if self._loop is None or self._stopped:
             coro.close()
-            return
+            return None
         task: asyncio.Task[None] = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _pause_listening(self) -> None:
-        site, self._site = self._site, None
-        self._listening = False
-        if site is not None:
-            await site.stop()
+        async with self._lock():
+            site, self._site = self._site, None
+            self._listening = False
+            if site is not None:
+                await site.stop()
 
     async def _resume_listening(self) -> None:
-        if self._listening or self._runner is None or self._stopped:
+        async with self._lock():
+            if self._listening or self._runner is None or self._stopped:
+                return
+            site = web.TCPSite(self._runner, self._host, self._port)
+            await site.start()
+            self._site = site
+            self._listening = True
+
+    def _lock(self) -> asyncio.Lock:
+        if self._listen_lock is None:
+            self._listen_lock = asyncio.Lock()
+        return self._listen_lock
+
+    async def down(self) -> None:
+        """The server goes away (connections refused) until `up()`: a test's server outage."""
+        self.start_outage(None, "refuse")
+        await self._pause_listening()
+
+    async def up(self) -> None:
+        """The server is back on the same port, its state kept."""
+        self.end_outage()
+        await self._resume_listening()
+
+    # -- the server's own work: asynchronous deletes, DEL_INSTANCE ------------------------
+
+    def _on_created(self, instance: SimInstance) -> None:
+        after = self._options.del_instance_s
+        if after is None or self._loop is None:
             return
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        self._site = site
-        self._listening = True
+        self._cancel_timer(instance.name)
+        self._del_timers[instance.name] = self._loop.call_later(
+            after, self._auto_delete, instance.name, instance.instance_id
+        )
+
+    def _auto_delete(self, name: str, instance_id: str) -> None:
+        """DEL_INSTANCE: an instance not `open` N after creation is deleted (REMOVE_INSTANCE)."""
+        self._del_timers.pop(name, None)
+        instance = self.store.get(name)
+        if instance is None or instance.instance_id != instance_id or instance.deleting:
+            return
+        if instance.state != "open":
+            instance.state = "close"
+            self._on_delete(instance)
+
+    def _on_delete(self, instance: SimInstance) -> None:
+        """Start the asynchronous cleanup; a REMOVE_INSTANCE delivery may hold it."""
+        self._cancel_timer(instance.name)
+        options = self._options
+        hook = self.store.webhooks.get(instance.name)
+        held = (
+            options.deliver_remove_instance
+            and hook is not None
+            and deliveries.subscribes_remove(hook)
+            and deliveries.is_loopback_url(str(hook.url))
+            and self._loop is not None
+            and not self._stopped
+        )
+        if not held or hook is None:
+            self.store.schedule_delete(instance.name, options.delete_delay_s)
+            return
+        self.store.schedule_delete(instance.name, options.delete_delay_s, held=True)
+        earliest = time.monotonic() + options.delete_delay_s
+        task = self._spawn(self._deliver_then_finish(hook, instance, earliest))
+        if task is not None:
+            self._deliveries[instance.name] = task
+
+    async def _deliver_then_finish(
+        self, hook: SimWebhook, instance: SimInstance, earliest: float
+    ) -> None:
+        try:
+            await deliveries.deliver(
+                hook,
+                instance,
+                self._options.server_url or self.base_url,
+                initial_s=self._options.webhook_retry_initial_s,
+                attempts=self._options.webhook_max_attempts,
+                rng=self._delivery_rng,
+            )
+        finally:
+            if self._deliveries.get(instance.name) is asyncio.current_task():
+                del self._deliveries[instance.name]
+        if self.store.instances.get(instance.name) is instance:
+            self.store.release_delete(instance.name, max(earliest, time.monotonic()))
+
+    def _cancel_timer(self, name: str) -> None:
+        timer = self._del_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _forget_server_work(self) -> None:
+        """What a restart loses: DEL_INSTANCE timers and in-flight deliveries."""
+        for timer in self._del_timers.values():
+            timer.cancel()
+        self._del_timers.clear()
+        for task in self._deliveries.values():
+            task.cancel()
+        self._deliveries.clear()
 
     # -- Python helpers ------------------------------------------------------------------
 
@@ -363,20 +399,85 @@ class Simulator:
 
     def complete_deletes(self, *names: str) -> list[str]:
         """Finish pending deletes now (all when no name is given): the names become free."""
-        return self.store.complete_deletes(names)
+        done = self.store.complete_deletes(names)
+        for name in done:
+            task = self._deliveries.pop(name, None)
+            if task is not None:
+                task.cancel()
+        return done
 
     def restart(self) -> list[str]:
         """Simulate a server restart: pending deletes are lost (those instances come back)
         and v2.3.6 auto-connects every Baileys instance (state `connecting`)."""
+        self._forget_server_work()
         revived = self.store.cancel_deletes()
         for instance in self.store.instances.values():
             if instance.integration == "WHATSAPP-BAILEYS" and instance.state == "close":
                 instance.state = "connecting"
         return revived
 
+    def reseed(self) -> None:
+        """Restart the fault draws from `options.seed` (after the seed was changed)."""
+        self._rng = random.Random(self._options.seed)
+
+    # -- behind the service's back (tests of drift and reconcile) --------------------------
+
+    def delete_behind_the_back(self, name: str) -> bool:
+        """The instance is gone at once (deleted by someone else, or DEL_INSTANCE finished);
+        False when there was none."""
+        self._cancel_timer(name)
+        task = self._deliveries.pop(name, None)
+        if task is not None:
+            task.cancel()
+        return self.store.remove(name) is not None
+
+    def change_webhook(
+        self,
+        name: str,
+        *,
+        url: str | None = None,
+        events: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+        enabled: bool | None = None,
+    ) -> SimWebhook:
+        """Change the instance's webhook (or create one) without a request: the fields given
+        replace the stored ones. KeyError when the instance does not exist."""
+        instance = self.store.get(name)
+        if instance is None:
+            raise KeyError(name)
+        hook = self.store.webhooks.get(name)
+        if hook is None:
+            hook = SimWebhook(
+                id=self._ids.cuid(),
+                instance_id=instance.instance_id,
+                url=url or "",
+                enabled=True if enabled is None else enabled,
+                events=list(events or []),
+                headers=headers,
+            )
+            self.store.webhooks[name] = hook
+        else:
+            if url is not None:
+                hook.url = url
+            if events is not None:
+                hook.events = list(events)
+            if headers is not None:
+                hook.headers = headers
+            if enabled is not None:
+                hook.enabled = enabled
+        return hook
+
+    def drop_webhook(self, name: str) -> bool:
+        """The instance loses its webhook row (a webhook lost); False when it had none."""
+        return self.store.webhooks.pop(name, None) is not None
+
+    def list_instances(self) -> list[dict[str, Any]]:
+        """Every instance with its state and webhook (what GET /_sim/instances answers)."""
+        return control_api.instance_listing(self)
+
     def set_state(self, name: str, state: str) -> None:
-        if state not in _STATES:
-            raise ValueError(f"state must be one of {sorted(_STATES)}")
+        if state not in STATES:
+            raise ValueError(f"state must be one of {sorted(STATES)}")
         instance = self.store.get(name)
         if instance is None:
             raise KeyError(name)
@@ -385,6 +486,7 @@ class Simulator:
     def reset(self, *, keep_options: bool = False) -> None:
         """Back to the start: no instances, webhooks or request log, the options given at
         construction (with `keep_options`: the current options, minus scripted faults)."""
+        self._forget_server_work()
         self.store.clear()
         if keep_options:
             self._options.script.clear()
@@ -410,67 +512,18 @@ class Simulator:
 
     def state(self, *, limit: int = 1000) -> dict[str, Any]:
         """What GET /_sim/state answers."""
-        names = list(itertools.islice(self.store.instances, limit))
-        return {
-            "base_url": self.base_url,
-            "listening": self._listening,
-            "outage_active": self._options.outage,
-            "options": self._options.to_json(),
-            "instances": len(self.store.instances),
-            "instance_names": names,
-            "pending_deletes": sorted(self.store.pending_deletes),
-            "webhooks": len(self.store.webhooks),
-            "requests_total": self.log.total,
-        }
+        return control_api.simulator_state(self, limit=limit)
 
     async def control(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """Apply a control document (the body of POST /_sim/control); return the state."""
-        unknown = set(data) - _OPTION_FIELDS - _ACTIONS - {"outage_s", "outage_mode"}
-        if unknown:
-            raise ValueError(f"unknown control keys: {', '.join(sorted(unknown))}")
-        plain = {
-            k: v for k, v in data.items() if k in _OPTION_FIELDS and k not in ("outage", "script")
-        }
-        if "script" in data:
-            plain["script"] = data["script"]
-        changed = options_from_json(self._options, plain)
-        if "seed" in changed:
-            self._rng = random.Random(self._options.seed)
-        if "outage" in data:
-            if data["outage"] is True:
-                self.start_outage(self._options.outage_s, self._options.outage_mode)
-            elif data["outage"] is False:
-                self.end_outage()
-            else:
-                raise ValueError("outage must be true or false")
-        for item in data.get("add_faults") or []:
-            self.add_fault(ScriptedFault.from_json(item))
-        if "fail_next" in data:
-            spec = data["fail_next"]
-            if not isinstance(spec, dict) or not isinstance(spec.get("statuses"), list):
-                raise ValueError('fail_next must be {"operation", "statuses": [...], "instance"}')
-            self.fail_next(spec.get("operation"), *spec["statuses"], instance=spec.get("instance"))
-        if data.get("clear_script") is True:
-            self.clear_faults()
-        deletes = data.get("complete_deletes")
-        if deletes is True:
-            self.complete_deletes()
-        elif isinstance(deletes, list):
-            self.complete_deletes(*[str(n) for n in deletes])
-        if data.get("restart") is True:
-            self.restart()
-        for name, state in (data.get("set_state") or {}).items():
-            self.set_state(name, state)
-        if "refuse_s" in data:
-            self.start_outage(float(data["refuse_s"]), "refuse")
-        return self.state()
+        return await control_api.apply_control(self, data)
 
     # -- HTTP ----------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
         if raw_path.startswith("/_sim/"):
-            return await self._control_route(request, raw_path)
+            return await control_api.control_route(self, request, raw_path)
         options = self._options
         started = time.perf_counter()
         routed = route(request.method, raw_path)
@@ -532,7 +585,7 @@ class Simulator:
             if delay_ms > 0:
                 await asyncio.sleep(delay_ms / 1000.0)
         raw = await request.read()
-        body, parse_error = _parse_body(request.content_type, raw)
+        body, parse_error = parse_body(request.content_type, raw)
         if operation == "create_instance" and isinstance(body, dict):
             candidate = body.get("instanceName")
             name = candidate if isinstance(candidate, str) else None
@@ -748,270 +801,3 @@ class Simulator:
         return web.Response(
             body=body.encode("utf-8"), status=status, headers={"Content-Type": content_type}
         )
-
-    async def _control_route(self, request: web.Request, raw_path: str) -> web.Response:
-        path = raw_path.rstrip("/")
-        try:
-            if path == "/_sim/state" and request.method == "GET":
-                limit = int(request.query.get("limit", "1000"))
-                return _control_json(200, self.state(limit=limit))
-            if path == "/_sim/requests" and request.method == "GET":
-                since = int(request.query.get("since", "0"))
-                limit = int(request.query.get("limit", "1000"))
-                records = self.log.since(since, limit)
-                return _control_json(
-                    200,
-                    {"total": self.log.total, "requests": [r.to_json() for r in records]},
-                )
-            if path == "/_sim/control" and request.method == "POST":
-                data = await request.json() if await request.read() else {}
-                if not isinstance(data, dict):
-                    raise ValueError("the control body must be a JSON object")
-                return _control_json(200, await self.control(data))
-            if path == "/_sim/reset" and request.method == "POST":
-                data = await request.json() if await request.read() else {}
-                keep = isinstance(data, dict) and data.get("keep_options") is True
-                self.reset(keep_options=keep)
-                return _control_json(200, self.state())
-        except (ValueError, TypeError, KeyError) as error:
-            return _control_json(400, {"error": f"{type(error).__name__}: {error}"})
-        return _control_json(404, {"error": f"no control route {request.method} {path}"})
-
-
-def _control_json(status: int, payload: Any) -> web.Response:
-    return web.Response(body=dumps(payload), status=status, headers={"Content-Type": _JSON_TYPE})
-
-
-def _parse_body(content_type: str, raw: bytes) -> tuple[Any, str | None]:
-    """Like `express.json()`: only `application/json` is parsed; no body means `{}`."""
-    if not raw or content_type != "application/json":
-        return {}, None
-    text = raw.decode("utf-8", errors="replace")
-    stripped = text.lstrip(" \t\r\n")
-    if not stripped or stripped[0] not in "{[":  # body-parser's strict mode
-        return None, js_json_error(text)
-    try:
-        return json.loads(text), None
-    except ValueError:
-        return None, js_json_error(text)
-
-
-@contextlib.asynccontextmanager
-async def running_simulator(
-    options: SimulatorOptions | None = None, *, host: str = "127.0.0.1", port: int = 0
-) -> AsyncIterator[Simulator]:
-    """`async with running_simulator(opts) as sim:` a started simulator, stopped on exit."""
-    simulator = Simulator(options)
-    await simulator.start(host, port)
-    try:
-        yield simulator
-    finally:
-        await simulator.stop()
-
-
-class SimulatorThread:
-    """A simulator on its own event loop in a background thread (for sync code, benchmarks).
-
-    Mutate state from other threads through `call`, which runs a function on its loop.
-    """
-
-    def __init__(
-        self, options: SimulatorOptions | None = None, *, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
-        self.simulator = Simulator(options)
-        self._host = host
-        self._port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-
-    @property
-    def base_url(self) -> str:
-        return self.simulator.base_url
-
-    @property
-    def api_key(self) -> str:
-        return self.simulator.api_key
-
-    def start(self) -> Simulator:
-        self._thread = threading.Thread(target=self._run, name="evolution-simulator", daemon=True)
-        self._thread.start()
-        self._ready.wait(timeout=10)
-        if self._error is not None:
-            raise RuntimeError("the simulator did not start") from self._error
-        return self.simulator
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._main())
-        finally:
-            loop.close()
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        try:
-            await self.simulator.start(self._host, self._port)
-        except BaseException as error:  # reported to start()
-            self._error = error
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await self.simulator.stop()
-
-    def call(self, function: Callable[..., _T], *args: Any) -> _T:
-        """Run `function(*args)` on the simulator's loop and return its result."""
-        loop = self._loop
-        if loop is None:
-            raise RuntimeError("not started")
-        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                future.set_result(function(*args))
-            except BaseException as error:
-                future.set_exception(error)
-
-        loop.call_soon_threadsafe(run)
-        return future.result(timeout=10)
-
-    def stop(self) -> None:
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> SimulatorThread:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-async def serve(host: str, port: int, options: SimulatorOptions) -> None:
-    """Serve until cancelled (the CLI's `simulator` subcommand and the demo use this)."""
-    simulator = Simulator(options)
-    await simulator.start(host, port)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await simulator.stop()
-
-
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="evolution-listener simulator",
-        description="Run the Evolution API v2.3.6 simulator (with fault switches) until "
-        "SIGINT/SIGTERM. Control it at runtime with POST /_sim/control.",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any)")
-    parser.add_argument("--api-key", default="sim-key", help="the global API key")
-    parser.add_argument("--latency-ms", type=_non_negative, default=0.0)
-    parser.add_argument("--latency-jitter-ms", type=_non_negative, default=0.0)
-    parser.add_argument("--error-rate", type=_rate, default=0.0, help="share answered 500")
-    parser.add_argument("--rate-limit-rate", type=_rate, default=0.0, help="share answered 429")
-    parser.add_argument("--retry-after-s", type=_non_negative, default=1.0)
-    parser.add_argument("--hang-rate", type=_rate, default=0.0, help="share never answered")
-    parser.add_argument("--reset-rate", type=_rate, default=0.0, help="share reset, no answer")
-    parser.add_argument(
-        "--lose-response-rate", type=_rate, default=0.0, help="share done but answer dropped"
-    )
-    parser.add_argument("--webhook-set-error-rate", type=_rate, default=0.0)
-    parser.add_argument("--delete-delay-s", type=_non_negative, default=0.0)
-    parser.add_argument("--wrong-key", action="store_true", help="reject every key (401)")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument(
-        "--record-limit",
-        type=int,
-        default=50_000,
-        help="requests kept in the /_sim/requests ring (default 50000; 0 = none)",
-    )
-    parser.add_argument("--log-requests", action="store_true")
-    return parser
-
-
-def options_from_args(args: argparse.Namespace) -> SimulatorOptions:
-    return SimulatorOptions(
-        api_key=args.api_key,
-        latency_ms=args.latency_ms,
-        latency_jitter_ms=args.latency_jitter_ms,
-        error_rate=args.error_rate,
-        rate_limit_rate=args.rate_limit_rate,
-        retry_after_s=args.retry_after_s,
-        hang_rate=args.hang_rate,
-        reset_rate=args.reset_rate,
-        lose_response_rate=args.lose_response_rate,
-        webhook_set_error_rate=args.webhook_set_error_rate,
-        delete_delay_s=args.delete_delay_s,
-        wrong_key=args.wrong_key,
-        seed=args.seed,
-        log_requests=args.log_requests,
-        record_requests=args.record_limit > 0,
-        record_limit=max(0, args.record_limit),
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: parse flags, serve until SIGINT/SIGTERM, return 0 (1 if it cannot listen)."""
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    try:
-        options = options_from_args(args)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.log_requests:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding {args.host}: the control endpoints need no key", file=sys.stderr)
-    try:
-        return aio.run(_main_async(args.host, args.port, options))
-    except OSError as error:
-        print(f"error: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
-        return 1
-
-
-async def _main_async(host: str, port: int, options: SimulatorOptions) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-    simulator = Simulator(options)
-    await simulator.start(host, port)
-    print(f"Evolution API simulator (v{options.version}) on {simulator.base_url}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await simulator.stop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signum)
-    return 0
