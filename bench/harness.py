@@ -32,6 +32,7 @@ import psycopg
 from listener.db.migrate import migrate
 from listener.dev import process
 from listener.dev.embedded_pg import EmbeddedPostgres, free_port
+from listener.dev.process import http_get
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_ROLE = "bench_service"
@@ -47,14 +48,6 @@ def console_script() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "listener"]
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as error:
-        return int(error.code), error.read()
 
 
 def http_post_json(url: str, payload: Mapping[str, Any], timeout: float = 5.0) -> Any:

@@ -57,7 +57,7 @@ def service_env(
     return env
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     """(status, body) of a GET to a loopback URL; an HTTP error status is an answer too."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
@@ -137,10 +137,10 @@ class ServiceProcess:
         return "\n".join(self.output.splitlines()[-lines:])
 
     def readyz(self) -> tuple[int, bytes]:
-        return http_get(f"{self.metrics_url}/readyz")
+        return http_get(f"{self.metrics_url}/readyz", 2.0)
 
     def metrics(self) -> str:
-        return http_get(f"{self.metrics_url}/metrics")[1].decode()
+        return http_get(f"{self.metrics_url}/metrics", 2.0)[1].decode()
 
     def metric(self, name: str, labels: str = "") -> float:
         """The sum of one metric's samples (with `labels` in the line, when given); 0 when

@@ -229,3 +229,16 @@ def test_cli_runs_several_servers() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+async def test_down_over_http_resets_api_calls_and_keeps_control_reachable() -> None:
+    async with running_simulator() as sim, aiohttp.ClientSession() as http:
+        async with http.post(sim.base_url + "/_sim/control", json={"down": True}) as resp:
+            assert resp.status == 200
+        with pytest.raises(aiohttp.ClientError):
+            async with http.get(sim.base_url + "/"):
+                pass
+        async with http.post(sim.base_url + "/_sim/control", json={"down": False}) as resp:
+            assert resp.status == 200
+        async with http.get(sim.base_url + "/") as resp:
+            assert resp.status == 200

@@ -6,28 +6,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from listener.dev.argtypes import number
+
 __all__ = ["DemoOptions", "build_parser"]
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 0.5:
-        raise argparse.ArgumentTypeError("must be between 0 and 0.5")
-    return value
+_positive_int = number(int, at_least=1)
+_positive_float = number(above=0.0)
+_share = number(at_least=0.0, at_most=0.5)
 
 
 def build_parser() -> argparse.ArgumentParser:

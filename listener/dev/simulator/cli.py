@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from listener import aio
+from listener.dev.argtypes import number
 from listener.dev.simulator.harness import server_options
 from listener.dev.simulator.options import SimulatorOptions
 from listener.dev.simulator.server import Simulator
@@ -19,32 +20,10 @@ from listener.dev.simulator.server import Simulator
 __all__ = ["build_parser", "main", "options_from_args"]
 
 
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
+_rate = number(at_least=0.0, at_most=1.0)
+_non_negative = number(at_least=0.0)
+_positive = number(above=0.0)
+_positive_int = number(int, at_least=1)
 
 
 def build_parser() -> argparse.ArgumentParser:

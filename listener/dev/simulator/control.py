@@ -1,8 +1,20 @@
 """The simulator's control API: what a test (or an operator of the demo) changes at runtime.
 
-`GET /_sim/state`, `GET /_sim/requests`, `POST /_sim/control`, `POST /_sim/reset` answer here;
-the same document can be applied from Python with `Simulator.control`. No key: bind to
-loopback only. See `server.py` for the list of actions.
+No key: bind to loopback only. The same document can be applied from Python with
+`Simulator.control`.
+- `GET /_sim/state`: options (key masked), counts, pending deletes
+- `GET /_sim/instances`: every instance, its state, pending delete and webhook (secret
+  header values masked, no tokens), for a test's assertions
+- `GET /_sim/requests?since=SEQ&limit=N`: the request log
+- `POST /_sim/control`: any `SimulatorOptions` field, plus actions `outage` (bool, with
+  optional `outage_s`, `outage_mode`), `add_faults` ([fault...]), `fail_next`
+  ({"operation", "statuses": [...], "instance"}), `clear_script` (true), `complete_deletes`
+  (true or [names]), `restart` (true), `set_state` ({name: state}), `refuse_s` (seconds of
+  refused connections), and behind the service's back: `delete_instances` ([names], gone at
+  once; 400 if one does not exist), `set_webhooks` ({name: {url, events, headers, enabled}}
+  changes only the fields given, or creates the row; null drops it), `down` (true: every API
+  connection is reset until `down: false`)
+- `POST /_sim/reset`: forget everything (`{"keep_options": true}` keeps the options)
 """
 
 from __future__ import annotations
@@ -143,9 +155,9 @@ async def apply_control(sim: Simulator, data: Mapping[str, Any]) -> dict[str, An
             raise ValueError("set_webhooks values must be objects (or null to drop)")
     if "refuse_s" in data:
         sim.start_outage(float(data["refuse_s"]), "refuse")
-    if "down" in data:
+    if "down" in data:  # over HTTP: reset every API connection, control stays reachable
         if data["down"] is True:
-            sim.start_outage(None, "refuse")
+            sim.start_outage(None, "reset")
         elif data["down"] is False:
             sim.end_outage()
         else:
