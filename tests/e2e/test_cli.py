@@ -89,7 +89,7 @@ def test_help_on_every_subcommand_exits_0() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("listener.dev.demo") is None,
-                    reason="listener/demo.py is not in this checkout yet")
+                    reason="listener/dev/demo/ is not in this checkout yet")
 def test_demo_help_exits_0() -> None:
     result = run_cli("demo", "--help", env={})
     assert result.code == 0, str(result)
