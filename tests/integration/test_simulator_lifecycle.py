@@ -23,6 +23,7 @@ from listener.dev.simulator import (
     SimulatorThread,
     running_simulator,
     running_simulators,
+    simulator_threads,
 )
 from listener.dev.simulator.deliveries import is_loopback_url, retry_delays
 from listener.evolution import EvolutionClient, NotFoundError, WebhookSpec
@@ -186,6 +187,15 @@ def test_thread_harness_runs_coroutines_like_down_and_up() -> None:
         assert not background.simulator.listening
         background.run(background.simulator.up())
         assert background.simulator.listening
+
+
+def test_several_servers_on_threads_for_sync_code() -> None:
+    with simulator_threads(2, SimulatorOptions(api_key="t")) as servers:
+        assert [s.api_key for s in servers] == ["t-1", "t-2"]
+        assert servers[0].base_url != servers[1].base_url
+        servers[1].run(servers[1].simulator.down())
+        assert servers[0].simulator.listening and not servers[1].simulator.listening
+    assert not any(s.simulator.listening for s in servers)  # all stopped on exit
 
 
 def test_retry_schedule_and_loopback_rule() -> None:

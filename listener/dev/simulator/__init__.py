@@ -15,6 +15,7 @@ from listener.dev.simulator.harness import (
     running_simulator,
     running_simulators,
     server_options,
+    simulator_threads,
 )
 from listener.dev.simulator.options import ScriptedFault, SimulatorOptions
 from listener.dev.simulator.routing import route
@@ -42,4 +43,5 @@ __all__ = [
     "running_simulator",
     "running_simulators",
     "server_options",
+    "simulator_threads",
 ]

@@ -12,14 +12,20 @@ import concurrent.futures
 import contextlib
 import copy
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
 from listener.dev.simulator.options import SimulatorOptions
 from listener.dev.simulator.server import Simulator
 
-__all__ = ["SimulatorThread", "running_simulator", "running_simulators", "server_options"]
+__all__ = [
+    "SimulatorThread",
+    "running_simulator",
+    "running_simulators",
+    "server_options",
+    "simulator_threads",
+]
 
 _T = TypeVar("_T")
 
@@ -167,3 +173,25 @@ class SimulatorThread:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def simulator_threads(
+    count: int, options: SimulatorOptions | None = None, *, host: str = "127.0.0.1"
+) -> Iterator[list[SimulatorThread]]:
+    """`with simulator_threads(3) as servers:` several servers for sync code (each on its own
+    thread and loop, own port, state and key as in `running_simulators`); take one down
+    with `servers[i].run(servers[i].simulator.down())`."""
+    if count < 1:
+        raise ValueError("count must be >= 1")
+    threads: list[SimulatorThread] = []
+    try:
+        for index in range(count):
+            thread = SimulatorThread(server_options(options, index, count), host=host)
+            threads.append(thread)
+            thread.start()
+        yield threads
+    finally:
+        for thread in threads:
+            thread.stop()
+
