@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from listener.dev.simulator.answers import JSON_TYPE
 from listener.dev.simulator.behaviour import dumps
 from listener.dev.simulator.options import ScriptedFault, SimulatorOptions, options_from_json
 
@@ -33,14 +34,12 @@ if TYPE_CHECKING:
     from listener.dev.simulator.server import Simulator
 
 __all__ = [
-    "JSON_TYPE",
     "apply_control",
     "control_route",
     "instance_listing",
     "simulator_state",
 ]
 
-JSON_TYPE = "application/json; charset=utf-8"
 _OPTION_FIELDS = frozenset(f.name for f in dataclasses.fields(SimulatorOptions))
 _ACTIONS = frozenset(
     {

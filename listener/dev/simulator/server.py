@@ -27,22 +27,18 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import math
 import random
-import socket
-import struct
 import time
 from collections.abc import Mapping
-from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
 
+from listener.dev.simulator import answers, deliveries
 from listener.dev.simulator import control as control_api
-from listener.dev.simulator import deliveries
-from listener.dev.simulator.behaviour import Call, EvolutionBehaviour, Reply, dumps, envelope
+from listener.dev.simulator.behaviour import Call, EvolutionBehaviour, Reply, envelope
 from listener.dev.simulator.options import OutageMode, ScriptedFault, SimulatorOptions
 from listener.dev.simulator.routing import parse_body, route
 from listener.dev.simulator.state import (
@@ -57,46 +53,9 @@ from listener.dev.simulator.state import (
 __all__ = ["STATES", "Simulator"]
 
 _LOG = logging.getLogger("listener.dev.simulator")
-_JSON_TYPE = control_api.JSON_TYPE
 _REDACTED = "<redacted>"
 _SECRET_HEADERS = frozenset({"apikey", "authorization"})
 STATES = frozenset({"close", "connecting", "open"})
-
-
-def _proxy_page(status: int) -> str:
-    """An nginx-style error page, what a reverse proxy answers when the API is down."""
-    phrases = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
-    title = f"{status} {phrases.get(status, 'Error')}"
-    return (
-        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
-        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
-        "</body>\r\n</html>\r\n"
-    )
-
-
-def _default_message(status: int) -> Any:
-    """Message shapes like the real server: string for 401/5xx, array for other 4xx."""
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Error"
-    if status == 401 or status >= 500:
-        return phrase if status == 401 else f"simulated {status} {phrase}"
-    return [f"simulated {status} {phrase}"]
-
-
-def _retry_after_header(seconds: float | None) -> dict[str, str]:
-    if seconds is None:
-        return {}
-    return {"Retry-After": str(max(0, math.ceil(seconds)))}
-
-
-def _peer_port(request: web.BaseRequest) -> int | None:
-    transport = request.transport
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    if isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[1], int):
-        return peer[1]
-    return None
 
 
 class Simulator:
@@ -549,7 +508,7 @@ class Simulator:
                 body_size=0,
                 operation=operation,
                 instance=name,
-                peer_port=_peer_port(request),
+                peer_port=answers.peer_port(request),
             )
             self.log.append(record)  # visible at once, so a hanging request can be seen
         else:
@@ -633,8 +592,8 @@ class Simulator:
             call = Call(request.method, operation, name, request.query, body, key)
             reply = await self.behaviour.dispatch(call)
         if lose:
-            return self._reset(request, record, "lost")
-        return self._json(reply, record)
+            return answers.reset(request, record, "lost")
+        return answers.json_answer(reply, record)
 
     def _draw(self, operation: str) -> str | None:
         """One draw for all the rates (they partition [0, 1)); None means no fault."""
@@ -666,13 +625,13 @@ class Simulator:
         if drawn == "hang":
             return await self._hang(request, record)
         if drawn == "reset":
-            return self._reset(request, record, "reset")
+            return answers.reset(request, record, "reset")
         if drawn == "rate_limit":
-            headers = _retry_after_header(self._options.retry_after_s)
-            return self._json(envelope(429, "Too Many Requests"), record, headers)
+            headers = answers.retry_after_header(self._options.retry_after_s)
+            return answers.json_answer(envelope(429, "Too Many Requests"), record, headers)
         if drawn == "webhook_set_error":
-            return self._json(envelope(500, "simulated webhook set failure"), record)
-        return self._json(envelope(500, "simulated internal error"), record)
+            return answers.json_answer(envelope(500, "simulated webhook set failure"), record)
+        return answers.json_answer(envelope(500, "simulated internal error"), record)
 
     def _take_fault(self, operation: str, name: str | None) -> ScriptedFault | None:
         script = self._options.script
@@ -689,25 +648,25 @@ class Simulator:
         self, fault: ScriptedFault, request: web.Request, record: RequestRecord | None
     ) -> web.StreamResponse:
         if fault.kind == "reset":
-            return self._reset(request, record, "reset")
+            return answers.reset(request, record, "reset")
         if fault.kind == "hang":
             return await self._hang(request, record)
         if fault.kind == "huge":
-            return await self._huge(fault, request, record)
+            return await answers.huge(fault, request, record)
         if fault.kind == "html":
             status = fault.status or 502
-            return self._raw(status, _proxy_page(status), "text/html", record)
+            return answers.raw(status, answers.proxy_page(status), "text/html", record)
         if fault.kind == "raw":
             status = fault.status or 200
-            return self._raw(status, fault.body or "", fault.content_type or "text/plain", record)
+            return answers.raw(status, fault.body or "", fault.content_type or "text/plain", record)
         status = fault.status or 500
-        message = fault.message if fault.message is not None else _default_message(status)
+        message = fault.message if fault.message is not None else answers.default_message(status)
         headers: dict[str, str] = {}
         if fault.retry_after is not None:
             headers["Retry-After"] = fault.retry_after
         elif status == 429:
-            headers = _retry_after_header(self._options.retry_after_s)
-        return self._json(envelope(status, message), record, headers)
+            headers = answers.retry_after_header(self._options.retry_after_s)
+        return answers.json_answer(envelope(status, message), record, headers)
 
     def _outage_active(self) -> bool:
         now = time.monotonic()
@@ -723,10 +682,10 @@ class Simulator:
             record.fault = "outage"
         mode = self._options.outage_mode
         if mode == "503":
-            return self._raw(503, _proxy_page(503), "text/html", record)
+            return answers.raw(503, answers.proxy_page(503), "text/html", record)
         if mode == "refuse" and self._listening:
             self._spawn(self._pause_listening())
-        return self._reset(request, record, "reset")
+        return answers.reset(request, record, "reset")
 
     async def _hang(self, request: web.Request, record: RequestRecord | None) -> web.Response:
         if record is not None:
@@ -735,69 +694,4 @@ class Simulator:
         if closing is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(closing.wait(), self._options.hang_max_s)
-        return self._reset(request, record, "hang")
-
-    async def _huge(
-        self, fault: ScriptedFault, request: web.Request, record: RequestRecord | None
-    ) -> web.StreamResponse:
-        """Stream `size_bytes` of filler; stop as soon as the client goes away."""
-        status = fault.status or 200
-        response = web.StreamResponse(status=status, headers={"Content-Type": _JSON_TYPE})
-        if fault.chunked:
-            response.enable_chunked_encoding()
-        else:
-            response.content_length = fault.size_bytes
-        if record is not None:
-            record.status = status
-            record.outcome = "huge"
-        sent = 0
-        chunk = b'{"filler":"' + b"x" * 65_525  # 64 KiB
-        try:
-            await response.prepare(request)
-            while sent < fault.size_bytes:
-                part = chunk[: min(len(chunk), fault.size_bytes - sent)]
-                await response.write(part)
-                sent += len(part)
-            await response.write_eof()
-        except (ConnectionError, RuntimeError):
-            pass  # the client stopped reading and closed the connection
-        finally:
-            if record is not None:
-                record.bytes_sent = sent
-        return response
-
-    def _reset(
-        self, request: web.Request, record: RequestRecord | None, outcome: str
-    ) -> web.Response:
-        """Close the TCP connection without an answer (RST, so the client sees a reset)."""
-        if record is not None:
-            record.outcome = outcome
-            record.status = None
-        transport = request.transport
-        if transport is not None and not transport.is_closing():
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-        return web.Response(status=204)  # never sent: the connection is gone
-
-    def _json(
-        self,
-        reply: Reply,
-        record: RequestRecord | None,
-        headers: Mapping[str, str] | None = None,
-    ) -> web.Response:
-        if record is not None:
-            record.status = reply.status
-        all_headers = {"Content-Type": _JSON_TYPE, **(headers or {})}
-        return web.Response(body=dumps(reply.payload), status=reply.status, headers=all_headers)
-
-    def _raw(
-        self, status: int, body: str, content_type: str, record: RequestRecord | None
-    ) -> web.Response:
-        if record is not None:
-            record.status = status
-        return web.Response(
-            body=body.encode("utf-8"), status=status, headers={"Content-Type": content_type}
-        )
+        return answers.reset(request, record, "hang")
