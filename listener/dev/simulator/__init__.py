@@ -3,10 +3,10 @@
 Use it in-process (`async with running_simulator(SimulatorOptions(...)) as sim:`), several
 servers at once (`async with running_simulators(3) as sims:`), in a background thread
 (`with SimulatorThread(options) as t:`), or on its own (`main()`, the CLI's `simulator`
-subcommand). Modules: `server` (HTTP and the fault pipeline), `answers` (how it
-(mis)answers), `behaviour` (what the real
-server answers), `routing`, `control` (the test-facing control API), `deliveries`
-(REMOVE_INSTANCE), `state`, `options`, `schema`, `harness`, `cli`.
+subcommand). Modules: `server` (HTTP and the fault pipeline), `answers` (how it answers
+and misanswers), `behaviour` (what the real server answers), `routing`, `control` (the
+test-facing control API), `deliveries` (REMOVE_INSTANCE), `state`, `options`, `schema`,
+`harness`, `cli`.
 """
 
 from listener.dev.simulator.behaviour import Reply, envelope
