@@ -32,8 +32,8 @@ from bench.harness import (
 )
 from bench.load import backlog, steady_signups
 from listener.db import queries
-from listener.demo_stats import rate_per_s, ratio, summarize
-from listener.embedded_pg import free_port
+from listener.dev.demo.stats import rate_per_s, ratio, summarize
+from listener.dev.embedded_pg import free_port
 
 QUEUE = "public.evolution_instance_creation_queue"
 CONCURRENCY = 64

@@ -19,7 +19,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/run.py`
 
 from bench import cases, harness, report
-from listener.embedded_pg import _bin_dir
+from listener.dev.embedded_pg import bin_dir
 
 CASES: dict[str, Callable[[cases.Options], dict[str, Any]]] = {
     "calibration": cases.calibration,
@@ -53,7 +53,7 @@ def _postgres_version() -> str:
     import subprocess
 
     try:
-        out = subprocess.run([str(_bin_dir() / "postgres"), "--version"], capture_output=True,
+        out = subprocess.run([str(bin_dir() / "postgres"), "--version"], capture_output=True,
                              text=True, timeout=10, check=False)
     except OSError:
         return "unknown"

@@ -268,13 +268,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from listener.demo import main as demo_main
+    from listener.dev import embedded_pg
+
+    if not embedded_pg.available():
+        print(f"evolution-listener demo: {embedded_pg.MISSING_EXTRA}", file=sys.stderr)
+        return 1
+    from listener.dev.demo.run import main as demo_main
 
     return demo_main(args.demo_args)
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from listener.simulator import main as simulator_main
+    from listener.dev.simulator import main as simulator_main
 
     return simulator_main(args.simulator_args)
 

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from listener.config import WEBHOOK_EVENTS
-from listener.embedded_pg import free_port
-from listener.simulator import SimulatorThread
+from listener.dev.embedded_pg import free_port
+from listener.dev.simulator import SimulatorThread
 from tests.e2e.cli_helpers import (
     ROOT,
     SEED_FAILED_SQL,
@@ -88,8 +88,8 @@ def test_help_on_every_subcommand_exits_0() -> None:
             assert f"evolution-listener {result.args[0]}" in result.stdout, str(result)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("listener.demo") is None,
-                    reason="listener/demo.py is not in this checkout yet")
+@pytest.mark.skipif(importlib.util.find_spec("listener.dev.demo") is None,
+                    reason="listener/dev/demo/ is not in this checkout yet")
 def test_demo_help_exits_0() -> None:
     result = run_cli("demo", "--help", env={})
     assert result.code == 0, str(result)

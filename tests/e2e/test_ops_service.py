@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from listener.simulator import SimulatorThread
+from listener.dev.simulator import SimulatorThread
 from tests.e2e.cli_helpers import (
     add_fault,
     env_for,
@@ -193,8 +193,8 @@ def test_sd_notify_ready_watchdog_stopping_in_order(
     db: TestDatabase, sim: SimulatorThread, notify_socket: tuple[socket.socket, str]
 ) -> None:
     sock, path = notify_socket
-    service = ServiceProcess(env_for(db.service_dsn, sim),
-                             extra_env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+    service = ServiceProcess({**env_for(db.service_dsn, sim),
+                              "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
     messages: list[tuple[float, str]] = []
     try:
         _receive(sock, "READY=1", 20, messages)

