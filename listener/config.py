@@ -155,6 +155,11 @@ class Settings(DatabaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias="LISTENER_LOG_LEVEL"
     )
+    # SPEC §9: off leaves deleted users' instances in place (reconcile reports orphan_row).
+    deprovision: bool = Field(default=True, validation_alias="LISTENER_DEPROVISION")
+    reconcile_interval_s: float = Field(
+        default=3600.0, ge=0, le=7 * 86400, validation_alias="LISTENER_RECONCILE_INTERVAL_S"
+    )
     cleanup_schedule: str | None = Field(default=None, validation_alias="LISTENER_CLEANUP_AT")
     cleanup_older_than_days: int = Field(
         default=30, ge=1, le=36500, validation_alias="LISTENER_CLEANUP_OLDER_THAN_DAYS"

@@ -400,3 +400,6 @@ FROM public.evolution_instance_deletion_queue
 GROUP BY status
 ORDER BY status
 """
+
+# The four reads of the desired state see one snapshot (first statement of the transaction).
+RECONCILE_SNAPSHOT: Final = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
