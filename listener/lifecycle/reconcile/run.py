@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from listener.config import Settings
 from listener.evolution.client import EvolutionClient
 from listener.evolution.errors import EvolutionError
 from listener.evolution.models import WebhookSpec
@@ -59,6 +60,12 @@ class ReconcileOptions:
     integration: str
     concurrency: int
     deprovision: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings, webhook: WebhookSpec) -> ReconcileOptions:
+        return cls(prefix=settings.instance_prefix, webhook=webhook,
+                   integration=settings.integration, concurrency=settings.concurrency,
+                   deprovision=settings.deprovision)
 
 
 @dataclass
