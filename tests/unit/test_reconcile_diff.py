@@ -42,11 +42,12 @@ def name(user: uuid.UUID) -> str:
     return f"evo-{user}"
 
 
-def server(user: uuid.UUID, *, instance_id: str = "id-1", token: str = "tok-1") -> InstanceInfo:
+def server(user: uuid.UUID, *, instance_id: str = "id-1",
+           token: str = "tok-1") -> InstanceInfo:  # noqa: S107
     return InstanceInfo(name(user), instance_id, "WHATSAPP-BAILEYS", token, "close")
 
 
-def row(user: uuid.UUID, *, instance_id: str = "id-1", token: str = "tok-1",
+def row(user: uuid.UUID, *, instance_id: str = "id-1", token: str = "tok-1",  # noqa: S107
         url: str = URL) -> InstanceRow:
     return InstanceRow(user, name(user), instance_id, token, url, tuple(WEBHOOK_EVENTS))
 
@@ -246,7 +247,8 @@ def test_every_kind_at_once_with_exact_counts_and_stable_order() -> None:
     observed = ObservedState(
         instances={name(ok): server(ok), name(hook): server(hook),
                    name(mismatch): server(mismatch, instance_id="id-9"),
-                   name(stranger): server(stranger), name(orphan_row_user): server(orphan_row_user)},
+                   name(stranger): server(stranger),
+                   name(orphan_row_user): server(orphan_row_user)},
         webhooks={name(ok): good_hook(), name(hook): good_hook(enabled=False),
                   name(mismatch): good_hook()},
     )
