@@ -156,7 +156,9 @@ class Settings(DatabaseSettings):
         default="INFO", validation_alias="LISTENER_LOG_LEVEL"
     )
     # SPEC §9: off leaves deleted users' instances in place (reconcile reports orphan_row).
-    deprovision: bool = Field(default=True, validation_alias="LISTENER_DEPROVISION")
+    deprovision_setting: Literal["on", "off"] = Field(
+        default="on", validation_alias="LISTENER_DEPROVISION"
+    )
     reconcile_interval_s: float = Field(
         default=3600.0, ge=0, le=7 * 86400, validation_alias="LISTENER_RECONCILE_INTERVAL_S"
     )
@@ -174,6 +176,24 @@ class Settings(DatabaseSettings):
     @classmethod
     def _lower_format(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("deprovision_setting", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        """on/off as SPEC §5 writes it; true/false, yes/no and 1/0 mean the same."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("on", "true", "yes", "1"):
+                return "on"
+            if lowered in ("off", "false", "no", "0"):
+                return "off"
+        return value
+
+    @property
+    def deprovision(self) -> bool:
+        return self.deprovision_setting == "on"
 
     @field_validator("evolution_api_base_url")
     @classmethod
