@@ -152,6 +152,14 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.evolution_instance_repairs TO evo
 -- The deletion job removes the deleted user's instance row (0002 granted no DELETE there).
 GRANT DELETE ON public.evolution_instances TO evolution_listener;
 
+-- Reconcile reads who exists (the ids only). A policy too, for projects with RLS on profiles
+-- (Supabase starters have it): a service that saw no profile would take every instance
+-- for an orphan. Permissive policies add up, so this widens nothing for any other role.
+GRANT SELECT (id) ON public.profiles TO evolution_listener;
+DROP POLICY IF EXISTS evolution_listener_profiles_read ON public.profiles;
+CREATE POLICY evolution_listener_profiles_read ON public.profiles
+    FOR SELECT TO evolution_listener USING (true);
+
 ALTER TABLE public.evolution_instance_deletion_queue ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.evolution_instance_repairs ENABLE ROW LEVEL SECURITY;
 
