@@ -52,25 +52,22 @@ CREATE TABLE IF NOT EXISTS public.evolution_instance_repairs (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Deleted profile -> deletion row -> NOTIFY (after commit only). SECURITY DEFINER for the
--- same reason as the signup trigger: the deleting role (a user through PostgREST, the auth
--- cascade) is granted nothing on these tables. Empty search_path, qualified names.
-CREATE OR REPLACE FUNCTION public.handle_profile_evolution_instance_deletion()
-RETURNS trigger
+-- Queue one user's deletion, with its NOTIFY (sent at commit): the one definition the
+-- deletion trigger and reconcile's repair of an orphan row both use. A first deletion
+-- inserts; a finished one (a re-created user deleted again) is re-armed; one still pending
+-- or in flight already covers this request and is left alone (NULL is returned).
+CREATE OR REPLACE FUNCTION public.evolution_queue_instance_deletion(
+    p_user_id uuid, p_instance_name text
+)
+RETURNS bigint
 LANGUAGE plpgsql
-SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE
     queued_id bigint;
 BEGIN
-    -- A first deletion inserts; a re-delete of a re-created user re-arms a finished row;
-    -- a deletion still pending or in flight already covers this one and is left alone.
     INSERT INTO public.evolution_instance_deletion_queue AS q (user_id, instance_name)
-    VALUES (
-        OLD.id,
-        (SELECT i.instance_name FROM public.evolution_instances AS i WHERE i.user_id = OLD.id)
-    )
+    VALUES (p_user_id, p_instance_name)
     ON CONFLICT (user_id) DO UPDATE
     SET status = 'pending',
         instance_name = COALESCE(EXCLUDED.instance_name, q.instance_name),
@@ -86,19 +83,38 @@ BEGIN
     WHERE q.status IN ('completed', 'failed')
     RETURNING q.id INTO queued_id;
 
+    IF queued_id IS NOT NULL THEN
+        -- Delivered only when the transaction commits; never on rollback.
+        PERFORM pg_catalog.pg_notify(
+            'evolution_instance_deletion_queue',
+            pg_catalog.json_build_object('id', queued_id, 'user_id', p_user_id)::text
+        );
+    END IF;
+    RETURN queued_id;
+END
+$$;
+
+REVOKE ALL ON FUNCTION public.evolution_queue_instance_deletion(uuid, text) FROM PUBLIC;
+
+-- Deleted profile -> deletion row -> NOTIFY. SECURITY DEFINER for the same reason as the
+-- signup trigger: the deleting role (a user through PostgREST, the auth cascade) is granted
+-- nothing on these tables. Empty search_path, qualified names.
+CREATE OR REPLACE FUNCTION public.handle_profile_evolution_instance_deletion()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+BEGIN
+    PERFORM public.evolution_queue_instance_deletion(
+        OLD.id,
+        (SELECT i.instance_name FROM public.evolution_instances AS i WHERE i.user_id = OLD.id)
+    );
     -- A creation not yet started is moot. One in flight is left: the deletion waits for it
     -- (race rule), so no instance is created after the deletion ran.
     DELETE FROM public.evolution_instance_creation_queue AS c
     WHERE c.user_id = OLD.id AND c.status <> 'processing';
     DELETE FROM public.evolution_instance_repairs AS r WHERE r.user_id = OLD.id;
-
-    IF queued_id IS NOT NULL THEN
-        -- Delivered only when the delete commits; never on rollback.
-        PERFORM pg_catalog.pg_notify(
-            'evolution_instance_deletion_queue',
-            pg_catalog.json_build_object('id', queued_id, 'user_id', OLD.id)::text
-        );
-    END IF;
     RETURN OLD;
 END
 $$;
@@ -149,6 +165,8 @@ REVOKE ALL ON public.evolution_instance_repairs FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.evolution_instance_deletion_queue
     TO evolution_listener;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.evolution_instance_repairs TO evolution_listener;
+GRANT EXECUTE ON FUNCTION public.evolution_queue_instance_deletion(uuid, text)
+    TO evolution_listener;
 -- The deletion job removes the deleted user's instance row (0002 granted no DELETE there).
 GRANT DELETE ON public.evolution_instances TO evolution_listener;
 
@@ -181,12 +199,15 @@ BEGIN
         REVOKE ALL ON public.evolution_instance_deletion_queue FROM anon;
         REVOKE ALL ON public.evolution_instance_repairs FROM anon;
         REVOKE ALL ON FUNCTION public.handle_profile_evolution_instance_deletion() FROM anon;
+        REVOKE ALL ON FUNCTION public.evolution_queue_instance_deletion(uuid, text) FROM anon;
         REVOKE ALL ON FUNCTION public.evolution_deletion_queue_on_manual_retry() FROM anon;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
         REVOKE ALL ON public.evolution_instance_deletion_queue FROM authenticated;
         REVOKE ALL ON public.evolution_instance_repairs FROM authenticated;
         REVOKE ALL ON FUNCTION public.handle_profile_evolution_instance_deletion()
+            FROM authenticated;
+        REVOKE ALL ON FUNCTION public.evolution_queue_instance_deletion(uuid, text)
             FROM authenticated;
         REVOKE ALL ON FUNCTION public.evolution_deletion_queue_on_manual_retry()
             FROM authenticated;

@@ -368,29 +368,10 @@ SET webhook_url = %(webhook_url)s, webhook_events = %(webhook_events)s, updated_
 WHERE user_id = %(user_id)s
 """
 
-# orphan_row: deprovision, as the deletion trigger does for a deleted profile (a finished row
-# is re-armed; a pending or in-flight one is left), with its NOTIFY.
-QUEUE_DELETION: Final = f"""
-WITH queued AS (
-    INSERT INTO public.evolution_instance_deletion_queue AS q (user_id, instance_name)
-    VALUES (%(user_id)s, %(instance_name)s)
-    ON CONFLICT (user_id) DO UPDATE
-    SET status = 'pending',
-        instance_name = COALESCE(EXCLUDED.instance_name, q.instance_name),
-        retry_count = 0,
-        error_message = NULL,
-        next_attempt_at = now(),
-        lease_owner = NULL,
-        lease_expires_at = NULL,
-        reclaim_count = 0,
-        processed_at = NULL,
-        updated_at = now()
-    WHERE q.status IN ('completed', 'failed')
-    RETURNING q.id, q.user_id
-)
-SELECT id, pg_catalog.pg_notify('{DELETION_CHANNEL}',
-               json_build_object('id', id, 'user_id', user_id)::text) AS notified
-FROM queued
+# orphan_row: deprovision through the same SQL function the deletion trigger uses (a
+# finished row is re-armed, a pending or in-flight one left; NOTIFY at commit). NULL: left.
+QUEUE_DELETION: Final = """
+SELECT public.evolution_queue_instance_deletion(%(user_id)s, %(instance_name)s) AS queued_id
 """
 
 # `stats`: deletions shown apart from the seed's creation figures.

@@ -128,7 +128,8 @@ class Repairer:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(queries.QUEUE_DELETION, {
                 "user_id": item.user_id, "instance_name": item.instance_name})
-            queued = await cur.fetchone() is not None
+            row = await cur.fetchone()
+        queued = row is not None and row["queued_id"] is not None
         return "deletion queued" if queued else "deletion already queued"
 
     async def delete_orphan(self, item: DriftItem) -> str:
