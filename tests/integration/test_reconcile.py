@@ -22,7 +22,7 @@ from listener.lifecycle.reconcile.scheduler import ReconcileScheduler
 from listener.ops.metrics import Metrics
 from listener.service import Service
 from listener.simulator import ScriptedFault, Simulator, SimulatorOptions, running_simulator
-from tests.harness import service_env, settings_from
+from tests.harness import InProcessService, service_env, settings_from
 from tests.pg import TestDatabase
 
 WEBHOOK = "https://project-ref.supabase.co/functions/v1/evolution-webhook-handler"
@@ -272,3 +272,42 @@ async def test_rate_limits_and_a_short_outage_are_waited_out(
     report = await reconciler(service).run()
     assert not report.has_drift
     assert len(sim.requests_for("find_webhook")) == 4 + 2
+
+
+async def test_running_service_reconciles_by_itself(db: TestDatabase, sim: Simulator) -> None:
+    """Wired into the service: a user from before the trigger is provisioned by the
+    in-service reconcile (then the NOTIFY), and /metrics shows the drift it found."""
+    env = service_env(db.service_dsn, sim.base_url, sim.api_key,
+                      LISTENER_RECONCILE_INTERVAL_S="0.3")
+    service = await InProcessService(env).start()
+    try:
+        user = uuid.uuid4()
+        signup_before_the_trigger(db, user)
+        for _ in range(200):
+            if name(user) in sim.instances and db.scalar(
+                    "SELECT status FROM evolution_instance_creation_queue WHERE user_id = %s",
+                    (user,)) == "completed":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the in-service reconcile did not provision the user")
+        metrics = service.service.metrics
+        assert service.service.reconcile.runs >= 1
+        assert metrics.last_reconcile._value.get() > 0
+        body = metrics.render()[0].decode()
+        for kind in DRIFT_KINDS:
+            assert f'evolution_listener_drift{{kind="{kind}"}}' in body
+    finally:
+        assert await service.stop() == 0
+
+
+async def test_fetch_instances_reads_every_row_and_hides_tokens(sim: Simulator) -> None:
+    async with EvolutionClient(sim.base_url, sim.api_key) as client:
+        for index in range(3):
+            await client.create_instance(f"evo-fetch-{index}", integration="WHATSAPP-BAILEYS",
+                                         webhook=None, token=f"secret-tok-{index}")
+        rows = await client.fetch_instances()
+    assert sorted(r.instance_name for r in rows) == [f"evo-fetch-{i}" for i in range(3)]
+    assert {r.token for r in rows} == {f"secret-tok-{i}" for i in range(3)}
+    assert "secret-tok" not in repr(rows)
+    assert all(r.instance_id for r in rows)
