@@ -74,6 +74,10 @@ def reconcile_dry_run(quick: bool, latency_ms: float) -> dict[str, Any]:
         run = _run_measured(["reconcile", "--json"], env, 1800)
         span_s, reads = _webhook_phase_s(sim)
     report = json.loads(run["stdout"]) if run["stdout"].strip() else {}
+    if run["code"] != 0 or any(report.get("counts", {"unread": 1}).values()):
+        # The fleet was built through the normal path: any drift here is a bug, not a figure.
+        raise RuntimeError(f"reconcile exit {run['code']}, counts {report.get('counts')}: "
+                           f"{run['stderr']}")
     elapsed = float(run["elapsed_s"])
     rate = reads / span_s if span_s else 0.0
     ceiling = CONCURRENCY / (latency_ms / 1000) if latency_ms > 0 else None
