@@ -130,6 +130,16 @@ FIGURES: list[Figure] = [
            lambda r: _num(_get(r, "calibration", "select1_after_10ms_idle_ms", "p50"))),
     Figure("durable_commit", "machine: one durable INSERT commit (p50)", "ms",
            lambda r: _num(_get(r, "calibration", "durable_insert_commit_ms", "p50"))),
+    # Reconcile (issue 11): a dry run over the fleet, its own process.
+    Figure("reconcile_0ms", "reconcile dry run, instant simulator (10k instances)", "s",
+           lambda r: _num(_get(r, "reconcile_0ms", "elapsed_s")), "< 30", lambda v: v < 30),
+    Figure("reconcile_50ms_share", "reconcile, 50 ms: share of concurrency ceiling", "",
+           lambda r: _num(_get(r, "reconcile_50ms", "fraction_of_ceiling")), ">= 0.90",
+           lambda v: v >= 0.90),
+    Figure("reconcile_rss", "peak RSS, reconcile process", "MiB", lambda r: max(
+        (v for v in (_num(_get(r, c, "reconcile_peak_rss_mib"))
+                     for c in ("reconcile_0ms", "reconcile_50ms")) if v is not None),
+        default=None), "< 150", lambda v: v < 150),
     # What-if runs (experiments): shown only when they ran.
     Figure("steady200_async_p50", "what-if: steady 200/s, synchronous_commit=off: p50", "ms",
            lambda r: _num(_get(r, "steady_200_async_commit", "latency_ms", "p50"))),

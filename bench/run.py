@@ -18,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/run.py`
 
-from bench import cases, harness, report
+from bench import cases, harness, reconcile_case, report
 from listener.dev.embedded_pg import bin_dir
 
 CASES: dict[str, Callable[[cases.Options], dict[str, Any]]] = {
@@ -30,6 +30,8 @@ CASES: dict[str, Callable[[cases.Options], dict[str, Any]]] = {
     "drain_0ms_x1": lambda o: cases.drain(o, 0.0, 1),
     "drain_50ms_x1": lambda o: cases.drain(o, 50.0, 1),
     "drain_50ms_x3": lambda o: cases.drain(o, 50.0, 3),
+    "reconcile_0ms": lambda o: reconcile_case.reconcile_dry_run(o.quick, 0.0),
+    "reconcile_50ms": lambda o: reconcile_case.reconcile_dry_run(o.quick, 50.0),
 }
 
 # Cases whose figures move from run to run on a shared 2-core VM: a full run repeats them,

@@ -140,6 +140,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         for failure in result.recent_failures:
             print(f"  {failure.user_id}  retries={failure.retry_count}  "
                   f"{failure.error_message or ''}")
+    print("deletions:" if result.deletions else "deletions: none queued")
+    for figures in result.deletions:
+        print(f"  {figures.status:<10}{figures.count:>10}{figures.avg_retries:>14.2f}")
     return EXIT_OK
 
 
@@ -258,6 +261,20 @@ def cmd_provision(args: argparse.Namespace) -> int:
     return _with_service(settings, provision)
 
 
+# --- reconcile (SPEC §9) --------------------------------------------------------------------
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    if args.delete_orphans and not args.apply:
+        _err("reconcile: --delete-orphans only makes sense with --apply")
+        return EXIT_USAGE
+    settings = load_settings(Settings)
+    _configure_logging(settings.log_format, "WARNING", secrets=settings.secrets())
+    from listener.reconcile_cmd import run_reconcile
+
+    return _with_service(settings, lambda service: run_reconcile(service, args))
+
+
 # --- doctor / demo / simulator --------------------------------------------------------------
 
 
@@ -327,6 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than", type=int, default=30, metavar="DAYS")
     p.add_argument("--batch-size", type=int, default=1000)
     p.set_defaults(func=cmd_cleanup)
+
+    p = sub.add_parser("reconcile", help="compare the tables with the Evolution server and "
+                                         "report drift (exit 1 on drift); --apply repairs it")
+    p.add_argument("--apply", action="store_true",
+                   help="repair the drift through the normal paths (default: dry run, "
+                        "changes nothing)")
+    p.add_argument("--delete-orphans", action="store_true",
+                   help="with --apply, also delete prefixed instances that have neither a "
+                        "profile nor an instance row (default: only reported)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object on stdout: counts, drift, applied (default: text)")
+    p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("doctor", help="check config, database, trigger, LISTEN, Evolution API")
     p.set_defaults(func=cmd_doctor)

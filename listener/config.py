@@ -212,6 +212,13 @@ class Settings(DatabaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias="LISTENER_LOG_LEVEL"
     )
+    # SPEC §9: off leaves deleted users' instances in place (reconcile reports orphan_row).
+    deprovision_setting: Literal["on", "off"] = Field(
+        default="on", validation_alias="LISTENER_DEPROVISION"
+    )
+    reconcile_interval_s: float = Field(
+        default=3600.0, ge=0, le=7 * 86400, validation_alias="LISTENER_RECONCILE_INTERVAL_S"
+    )
     cleanup_schedule: str | None = Field(default=None, validation_alias="LISTENER_CLEANUP_AT")
     cleanup_older_than_days: int = Field(
         default=30, ge=1, le=36500, validation_alias="LISTENER_CLEANUP_OLDER_THAN_DAYS"
@@ -252,6 +259,24 @@ class Settings(DatabaseSettings):
     @classmethod
     def _lower_format(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("deprovision_setting", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        """on/off as SPEC §5 writes it; true/false, yes/no and 1/0 mean the same."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("on", "true", "yes", "1"):
+                return "on"
+            if lowered in ("off", "false", "no", "0"):
+                return "off"
+        return value
+
+    @property
+    def deprovision(self) -> bool:
+        return self.deprovision_setting == "on"
 
     @field_validator("evolution_api_base_url")
     @classmethod

@@ -50,6 +50,9 @@ __all__ = ["KEY_CHECK_INSTANCE_NAME", "EvolutionClient"]
 # answers 404 with a good key and 401 with a bad one.
 KEY_CHECK_INSTANCE_NAME = "evolution-listener:key-check"
 _USER_AGENT = "evolution-listener/0.1 (+aiohttp)"
+# fetchInstances has no pagination: every row in one body (~1.3 KB a row with its settings).
+# 64 MiB holds about 50,000 instances, well above the 10,000 reconcile is sized for.
+FETCH_ALL_MAX_BYTES = 64 * 1_048_576
 _NAME_MAX = 255
 
 
@@ -296,6 +299,35 @@ class EvolutionClient:
             )
         return None
 
+    async def fetch_instances(self) -> list[InstanceInfo]:
+        """GET /instance/fetchInstances, every instance of this server, in one answer.
+
+        No pagination exists, so the body may be large: it is read with its own bound
+        (`FETCH_ALL_MAX_BYTES`). Each row's token is kept out of every repr.
+        """
+        op = "fetch_instances"
+        data = await self._call(
+            op, "GET", "/instance/fetchInstances", max_body_bytes=FETCH_ALL_MAX_BYTES
+        )
+        if not isinstance(data, list):
+            raise InvalidResponseError("fetchInstances answer is not an array", operation=op)
+        found: list[InstanceInfo] = []
+        for row in data:
+            item = _dict(row, op, "row")
+            token = item.get("token")
+            status = item.get("connectionStatus")
+            integration = item.get("integration")
+            found.append(
+                InstanceInfo(
+                    instance_name=_str(item.get("name"), op, "row.name"),
+                    instance_id=_str(item.get("id"), op, "row.id"),
+                    integration=integration if isinstance(integration, str) else "",
+                    token=token if isinstance(token, str) else None,
+                    connection_status=status if isinstance(status, str) else None,
+                )
+            )
+        return found
+
     async def delete_instance(self, name: str) -> None:
         """DELETE /instance/delete/{name} (200). 404 raises `NotFoundError`.
 
@@ -349,13 +381,14 @@ class EvolutionClient:
         json_body: Any = None,
         auth: bool = True,
         secrets: Iterable[str | None] = (),
+        max_body_bytes: int | None = None,
     ) -> Any:
         """One request: returns the parsed JSON of a 2xx answer, or raises a typed error."""
         secret_list = self._secrets(secrets)
         started = time.perf_counter()
         try:
             answer = await self._send(
-                operation, method, path, params, json_body, auth, secret_list
+                operation, method, path, params, json_body, auth, secret_list, max_body_bytes
             )
         except ServiceUnavailableError as error:
             self._observe(operation, started, str(error.kind))
@@ -392,6 +425,7 @@ class EvolutionClient:
         json_body: Any,
         auth: bool,
         secret_list: list[str | None],
+        max_body_bytes: int | None = None,
     ) -> _Answer:
         await self.start()
         session = self._session
@@ -416,7 +450,7 @@ class EvolutionClient:
             async with session.request(
                 method, url, data=data, headers=headers, allow_redirects=False
             ) as resp:
-                body = await self._read_bounded(resp, operation, secret_list)
+                body = await self._read_bounded(resp, operation, secret_list, max_body_bytes)
                 return _Answer(
                     resp.status,
                     resp.headers.get("Content-Type"),
@@ -460,14 +494,20 @@ class EvolutionClient:
             ) from None
 
     async def _read_bounded(
-        self, resp: aiohttp.ClientResponse, operation: str, secret_list: list[str | None]
+        self,
+        resp: aiohttp.ClientResponse,
+        operation: str,
+        secret_list: list[str | None],
+        limit_bytes: int | None = None,
     ) -> bytes:
-        """Read at most `max_body_bytes`; a larger body is an error and drops the connection."""
-        limit = self._max_body_bytes
+        """Read at most `max_body_bytes` (or this call's own bound); a larger body is an error
+        and drops the connection."""
+        limit = limit_bytes or self._max_body_bytes
         declared = resp.content_length
         if declared is not None and declared > limit:
             resp.close()
-            raise self._too_large(resp, f"{declared} bytes declared", operation, secret_list)
+            raise self._too_large(resp, f"{declared} bytes declared; limit {limit}", operation,
+                                  secret_list)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -478,7 +518,8 @@ class EvolutionClient:
             size += len(chunk)
             if size > limit:
                 resp.close()
-                raise self._too_large(resp, f"more than {limit} bytes", operation, secret_list)
+                raise self._too_large(resp, f"more than {limit} bytes; limit {limit}", operation,
+                                      secret_list)
         return b"".join(chunks)
 
     def _too_large(
@@ -489,7 +530,7 @@ class EvolutionClient:
         secret_list: list[str | None],
     ) -> EvolutionError:
         ctype = (resp.headers.get("Content-Type") or "no content type").split(";")[0]
-        detail = f"answer body too large ({ctype}, {what}; limit {self._max_body_bytes})"
+        detail = f"answer body too large ({ctype}, {what})"
         if resp.status >= 500:
             return error_for_status(
                 resp.status,

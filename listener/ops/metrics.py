@@ -228,6 +228,7 @@ class Metrics:
             self.queue_depth.labels(status=status).set(0)
         self.listen_connected.set(0)
         self.backoff_active.set(0)
+        self._init_lifecycle_metrics()
 
     def refresh_queue_gauges(
         self, counts: Mapping[str, int], oldest_pending_age_s: float | None
@@ -251,6 +252,47 @@ class Metrics:
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 
+    # --- the instance's whole life (SPEC §9) ------------------------------------------------
+
+    def _init_lifecycle_metrics(self) -> None:
+        """Reconcile's figures (the kinds are reconcile's to name: it presets them at 0).
+
+        - `drift`: evolution_listener_drift; kind
+        - `last_reconcile`: evolution_listener_last_reconcile_timestamp_seconds (0: never)
+        - `instances_vanished_again`: evolution_listener_instances_vanished_again_total
+        """
+        ns, reg = NAMESPACE, self.registry
+        self.drift = Gauge(
+            "drift",
+            "Differences between the desired and the observed state at the last reconcile.",
+            ["kind"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.last_reconcile = Gauge(
+            "last_reconcile_timestamp_seconds",
+            "Unix time the last reconcile of this replica finished (0: none yet).",
+            namespace=ns,
+            registry=reg,
+        )
+        self.instances_vanished_again = Counter(
+            "instances_vanished_again",
+            "Instances missing again after reconcile re-created them: the Evolution server "
+            "deletes instances by itself (as DEL_INSTANCE does).",
+            namespace=ns,
+            registry=reg,
+        )
+
+    def set_drift(self, counts: Mapping[str, int]) -> None:
+        """The drift gauges, one per kind, from one reconcile's counts."""
+        for kind, count in counts.items():
+            self.drift.labels(kind=kind).set(count)
+
+    def reconciled(self, finished_at: float) -> None:
+        self.last_reconcile.set(finished_at)
+
+    def vanished_again(self) -> None:
+        self.instances_vanished_again.inc()
 
 class WorkMetrics:
     """The core's `WorkObserver`, exported as these metrics. The metric names predate other

@@ -46,7 +46,7 @@ from tests.harness import ServiceProcess, instance_rows, queue_rows, signup
 from tests.pg import SERVICE_LOGIN_PASSWORD, TestDatabase, with_database
 
 SUBCOMMANDS = ("run", "migrate", "drain", "provision", "stats", "retry", "cleanup", "doctor",
-               "simulator")
+               "simulator", "reconcile")
 SECRET_KEY = "cli-test-key-0f9e8d7c"
 
 
@@ -414,7 +414,7 @@ def test_stats_matches_the_seed_monitoring_sql(db: TestDatabase) -> None:
     assert "(queue is empty)" in empty_text.out_lines, str(empty_text)
     assert "oldest pending: none" in empty_text.out_lines, str(empty_text)
     assert json.loads(empty_json.stdout) == {"by_status": {}, "oldest_pending_age_s": None,
-                                             "recent_failures": []}
+                                             "recent_failures": [], "deletions": {}}
 
     groups = _mixed_queue(db.dsn)
     pending = groups["pending"][1]
