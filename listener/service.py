@@ -63,7 +63,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
 
 
 def make_pool(settings: Settings, *, max_size: int | None = None) -> AsyncConnectionPool:
-    size = max_size or min(settings.concurrency, 16) + 2
+    size = max_size or settings.pool_size
     return AsyncConnectionPool(
         settings.dsn,
         min_size=min(2, size),
