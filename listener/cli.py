@@ -44,10 +44,11 @@ def _one_line(error: BaseException) -> str:
 
 
 def _configure_logging(fmt: str = "auto", level: str = "WARNING", *, secrets: Sequence[str] = (),
-                       to_stderr: bool = True) -> None:
+                       to_stderr: bool = True, syslog_prefix: str = "auto") -> None:
     from listener.ops.logging import configure_logging
 
-    configure_logging(fmt, level, secrets, stream=sys.stderr if to_stderr else sys.stdout)
+    configure_logging(fmt, level, secrets, stream=sys.stderr if to_stderr else sys.stdout,
+                      syslog_prefix=syslog_prefix)
 
 
 def _db_pool(settings: DatabaseSettings, size: int = 2) -> AsyncConnectionPool:
@@ -62,7 +63,7 @@ def _db_pool(settings: DatabaseSettings, size: int = 2) -> AsyncConnectionPool:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(Settings)
     _configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets(),
-                       to_stderr=False)
+                       to_stderr=False, syslog_prefix=settings.log_syslog_prefix)
     from listener.service import run_service
 
     try:

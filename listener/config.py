@@ -166,17 +166,26 @@ class Settings(DatabaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias="LISTENER_LOG_LEVEL"
     )
+    # "<N>" journald priority prefixes on log lines (auto: when stdout is the journal stream).
+    log_syslog_prefix: Literal["auto", "on", "off"] = Field(
+        default="auto", validation_alias="LISTENER_LOG_SYSLOG_PREFIX"
+    )
     cleanup_schedule: str | None = Field(default=None, validation_alias="LISTENER_CLEANUP_AT")
     cleanup_older_than_days: int = Field(
         default=30, ge=1, le=36500, validation_alias="LISTENER_CLEANUP_OLDER_THAN_DAYS"
     )
+
+    @field_validator("db_pool_size", mode="before")
+    @classmethod
+    def _auto_pool(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", mode="before")
+    @field_validator("log_format", "log_syslog_prefix", mode="before")
     @classmethod
     def _lower_format(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value

@@ -116,7 +116,7 @@ def test_readyz_follows_the_listen_connection_and_metrics_count_what_happened(
                      operation="create_instance")
     assert creates == 6
     for queue_status in ("pending", "processing", "completed", "failed"):
-        sample(samples, PREFIX + "queue_depth", status=queue_status)  # exported, even at 0
+        sample(samples, PREFIX + "queue_depth", state=queue_status)  # exported, even at 0
     sample(samples, PREFIX + "oldest_pending_age_seconds")
     errors = [v for (name, _), v in samples.items() if name == PREFIX + "evolution_errors_total"]
     assert sum(errors) == 0
