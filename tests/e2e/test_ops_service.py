@@ -121,7 +121,9 @@ def test_readyz_follows_the_listen_connection_and_metrics_count_what_happened(
     errors = [v for (name, _), v in samples.items() if name == PREFIX + "evolution_errors_total"]
     assert sum(errors) == 0
     names = {name for name, _ in samples}
-    assert all(name.startswith(PREFIX) for name in names), sorted(names)
+    # Ours, and prometheus-client's standard process collector under its standard names.
+    assert all(name.startswith((PREFIX, "process_")) for name in names), sorted(names)
+    assert "process_resident_memory_bytes" in names
 
 
 def test_metrics_count_failures_by_outcome_and_status(
