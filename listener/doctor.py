@@ -28,6 +28,7 @@ from listener.db import queries
 from listener.db.migrate import MigrationState, migration_states
 from listener.dbhost import (
     SESSION_POOLER_ADVICE,
+    Endpoint,
     Kind,
     Probe,
     classify,
@@ -68,6 +69,15 @@ def connection_budget(settings: Settings, kind: Kind) -> tuple[str, str]:
                         f"({SUPABASE_DEFAULT_POOL_SIZE}) -> lower LISTENER_DB_POOL_SIZE or "
                         "raise Pool Size in the Supabase database settings")
     return "ok", detail + " within the project's Pool Size (Supabase database settings)"
+
+
+def pooler_user_warning(endpoint: Endpoint, kind: Kind) -> str | None:
+    """Pure: the Supabase session pooler names the project in the user (`<role>.<ref>`)."""
+    if kind is not Kind.SUPABASE_SESSION_POOLER or "." in endpoint.user:
+        return None
+    role = endpoint.user or "evolution_listener_svc"
+    return (f"the session pooler expects the user as <role>.<project-ref> (e.g. "
+            f"{role}.<project-ref>), not {endpoint.user or 'none'!r}")
 
 
 def migrations_line(states: list[MigrationState]) -> tuple[str, str]:
@@ -135,6 +145,9 @@ class Doctor:
         if settings is not None:
             level, detail = connection_budget(settings, kind)
             self.report(level, "connection budget", detail)
+        warning = pooler_user_warning(endpoint, kind)
+        if warning:
+            self.report("warn", "pooler user", warning)
         if kind is Kind.UNIX_SOCKET:
             return True
         found = self.probe(endpoint.host, endpoint.port)

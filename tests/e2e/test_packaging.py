@@ -66,3 +66,26 @@ def test_migrate_runs_from_the_unpacked_wheel_outside_the_checkout(
         drop_database(pg_server.admin_dsn, name)
 
 
+
+
+def test_wheel_contains_the_deploy_files_and_install_files_reads_them(
+    wheel: Path, tmp_path: Path
+) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(n for n in names if n.startswith("listener/deploy/"))
+    expected = sorted(f"listener/deploy/{p.relative_to(ROOT / 'deploy')}"
+                      for p in (ROOT / "deploy").rglob("*") if p.is_file())
+    assert shipped == expected and "listener/deploy/evolution-listener.service" in shipped
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)
+    run = subprocess.run(
+        [sys.executable, "-c",
+         "import listener, sys; assert 'site' in listener.__file__, listener.__file__; "
+         "from listener.cli import main; sys.exit(main(['install-files', '--print', 'rules']))"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == (ROOT / "deploy" / "prometheus" / "evolution-listener.rules.yml"
+                          ).read_text()

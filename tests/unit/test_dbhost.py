@@ -18,7 +18,7 @@ from listener.dbhost import (
     endpoint_of,
     ipv6_only_unreachable,
 )
-from listener.doctor import connection_budget, run_doctor
+from listener.doctor import connection_budget, pooler_user_warning, run_doctor
 
 pytestmark = pytest.mark.unit
 
@@ -97,3 +97,15 @@ def test_budget_warns_beyond_the_session_poolers_default_pool_size() -> None:
     assert connection_budget(small, Kind.SUPABASE_SESSION_POOLER)[0] == "ok"
     assert connection_budget(big, Kind.OTHER)[0] == "ok"
     assert "19 connections per replica" in connection_budget(big, Kind.OTHER)[1]
+
+
+
+def test_session_pooler_user_must_carry_the_project_ref() -> None:
+    host = "aws-0-eu-central-1.pooler.supabase.com"
+    bare = Endpoint(host, 5432, "evolution_listener_svc")
+    with_ref = Endpoint(host, 5432, "evolution_listener_svc.abcdefgh")
+    warning = pooler_user_warning(bare, classify(bare))
+    assert warning is not None and "<role>.<project-ref>" in warning
+    assert pooler_user_warning(with_ref, classify(with_ref)) is None
+    direct = Endpoint("db.abcdefgh.supabase.co", 5432, "postgres")
+    assert pooler_user_warning(direct, classify(direct)) is None
