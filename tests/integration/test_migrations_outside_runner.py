@@ -16,17 +16,8 @@ import pytest
 
 from listener.db.migrate import export_supabase, migrate, migration_states
 from listener.doctor import run_doctor
+from tests.integration.test_supabase import SUPABASE_ROLES
 from tests.pg import PgServer, drop_database, with_database
-
-API_ROLES = """
-DO $$
-BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
-    CREATE ROLE anon NOLOGIN NOINHERIT; END IF;
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
-    CREATE ROLE authenticated NOLOGIN NOINHERIT; END IF;
-END $$;
-"""
 
 
 @pytest.fixture
@@ -91,7 +82,7 @@ def test_runner_table_gets_rls_and_no_grants_for_api_roles_even_when_it_existed(
     empty_db: str
 ) -> None:
     with psycopg.connect(empty_db, autocommit=True) as conn:
-        conn.execute(API_ROLES)
+        conn.execute(SUPABASE_ROLES)
         # A table left by the previous release, with Supabase's old automatic grants.
         conn.execute("""
             CREATE TABLE public.evolution_listener_migrations (
