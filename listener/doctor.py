@@ -133,7 +133,8 @@ class Doctor:
             return EX_CONFIG
         return 1 if any(c.level == "fail" for c in self.checks) else 0
 
-    def _network_check(self, database: DatabaseSettings, settings: Settings | None) -> bool:
+    async def _network_check(self, database: DatabaseSettings,
+                             settings: Settings | None) -> bool:
         """Connection kind, budget, and an IPv6-only host from an IPv4-only machine; False
         when connecting is pointless."""
         endpoint = endpoint_of(database.dsn)
@@ -150,7 +151,11 @@ class Doctor:
             self.report("warn", "pooler user", warning)
         if kind is Kind.UNIX_SOCKET:
             return True
-        found = self.probe(endpoint.host, endpoint.port)
+        try:  # DNS can hang: off the loop, bounded; the connect below reports a slow DNS
+            found = await asyncio.wait_for(
+                asyncio.to_thread(self.probe, endpoint.host, endpoint.port), CHECK_TIMEOUT_S)
+        except TimeoutError:
+            return True
         if ipv6_only_unreachable(found):
             self.report("fail", "database network",
                         f"{endpoint.host} has only IPv6 addresses and this machine has no "
@@ -166,7 +171,7 @@ class Doctor:
             self.report("fail", "not a transaction pooler", f"DATABASE_URL {reason}")
             return
         self.report("ok", "not a transaction pooler", "LISTEN can work through this DSN")
-        if not self._network_check(database, settings):
+        if not await self._network_check(database, settings):
             return
         try:
             conn = await asyncio.wait_for(
