@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="evolution-listener",
         description="Provision an Evolution API instance for every new user, event-driven.",
         epilog="Configuration comes from the environment or --env-file (see README). Exit "
-               "codes: 0 ok, 1 failure, 2 usage, 78 configuration, 130 interrupted (Ctrl-C).",
+               "codes: 0 ok, 1 failure, 2 usage, 78 configuration, 130 interrupted (Ctrl-C; "
+               "`run` takes Ctrl-C like SIGTERM and exits 0).",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",

@@ -5,6 +5,9 @@ service exports."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,8 @@ from listener.simulator import SimulatorThread
 from tests.e2e.cli_helpers import (
     ROOT,
     add_fault,
+    cli_command,
+    cli_environment,
     env_for,
     insert_profiles,
     instance_name,
@@ -78,6 +83,31 @@ def test_missing_env_file_is_one_line_and_exit_78(command: tuple[str, ...],
     assert result.code == 78, str(result)
     assert result.err_lines == [f"evolution-listener: --env-file {missing}: cannot read it "
                                 "(No such file or directory)"], str(result)
+
+
+def test_ctrl_c_on_an_operator_command_exits_130(db: TestDatabase, sim: SimulatorThread) -> None:
+    # The Evolution API never answers: doctor waits there, and the operator presses Ctrl-C.
+    add_fault(sim, kind="hang", operation="root", times=None)
+    proc = subprocess.Popen(cli_command(["doctor"]), env=cli_environment(env_for(db.service_dsn,
+                            sim)), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        seen = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            seen.append(line)
+            if "LISTEN/NOTIFY" in line or not line:
+                break
+        assert "LISTEN/NOTIFY" in seen[-1], seen
+        time.sleep(0.3)   # now inside the Evolution API check
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
 
 
 def test_install_files_prints_and_writes_the_shipped_files(tmp_path: Path) -> None:
