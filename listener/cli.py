@@ -82,7 +82,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     # to another server connection.
     reason = transaction_pooler_reason(settings.dsn)
     if reason:
-        raise ConfigError(f"configuration error: DATABASE_URL {reason}")
+        raise ConfigError(f"configuration error: DATABASE_URL {reason} (migrate too: its "
+                          "session advisory lock needs a session of its own)")
     _configure_logging(secrets=settings.secrets())
     from listener.db.migrate import MigrationError, migrate
 
