@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: install test unit lint migrate run demo bench bench-quick simulator clean
+.PHONY: install test unit lint lint-rules dist migrate run demo bench bench-quick simulator clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,34 @@ test: $(STAMP) ## the whole suite on a real PostgreSQL (TEST_DATABASE_URL, Docke
 unit: $(STAMP) ## pure tests only, no database
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff, mypy (strict on listener/) and the import contracts
+lint: $(STAMP) lint-rules ## ruff, mypy (strict on listener/), the import contracts, promtool on the alert rules
 	$(BIN)/ruff check listener tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+RULES := deploy/prometheus/evolution-listener.rules.yml
+RULE_TESTS := deploy/prometheus/evolution-listener.rules.test.yml
+
+# promtool comes with Debian/Ubuntu's `prometheus` package: installed here when missing (as
+# root, or through sudo); skipped with a message where there is no apt-get.
+lint-rules: ## promtool check rules + promtool test rules (installs promtool with apt if missing)
+	@if ! command -v promtool >/dev/null 2>&1; then \
+	    if command -v apt-get >/dev/null 2>&1; then \
+	        SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	        echo "promtool missing: installing Debian's prometheus package"; \
+	        $$SUDO apt-get update -qq && \
+	        DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	    else \
+	        echo "SKIPPED: promtool not found and no apt-get here; install prometheus (promtool) to lint the alert rules"; \
+	        exit 0; \
+	    fi; \
+	fi; \
+	promtool check rules $(RULES) && promtool test rules $(RULE_TESTS)
+
+dist: $(STAMP) ## wheel + sdist in dist/ (the wheel is built from the sdist; it carries sql/ and deploy/)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	@ls -l dist
 
 migrate: $(STAMP) ## apply SQL migrations to DATABASE_URL
 	$(BIN)/evolution-listener migrate

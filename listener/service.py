@@ -71,8 +71,7 @@ def attempt_config(settings: Settings) -> AttemptConfig:
 
 
 def make_pool(settings: Settings, *, max_size: int | None = None) -> AsyncConnectionPool:
-    return db_pool.make_pool(settings.dsn,
-                             max_size=max_size or min(settings.concurrency, 16) + 2)
+    return db_pool.make_pool(settings.dsn, max_size=max_size or settings.pool_size)
 
 
 def make_client(settings: Settings, metrics: Metrics | None = None) -> EvolutionClient:

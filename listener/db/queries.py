@@ -40,6 +40,63 @@ INSERT INTO public.evolution_listener_migrations (version, name, checksum)
 VALUES (%(version)s, %(name)s, %(checksum)s)
 """
 
+# The runner's table is in `public`, so on Supabase the Data API could reach it: RLS on with
+# no policy (only the owner and BYPASSRLS roles read it) and no grant to PUBLIC, anon or
+# authenticated. Run on every `migrate`, so tables created by earlier releases get it too.
+# 0002 grants SELECT to evolution_listener (doctor, run as the service, reads the table):
+# a policy lets that role see the rows. Run after the migrations, which create the role.
+# Idempotent.
+HARDEN_MIGRATIONS_TABLE: Final = """
+DO $$
+BEGIN
+    ALTER TABLE public.evolution_listener_migrations ENABLE ROW LEVEL SECURITY;
+    REVOKE ALL ON public.evolution_listener_migrations FROM PUBLIC;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
+        REVOKE ALL ON public.evolution_listener_migrations FROM anon;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
+        REVOKE ALL ON public.evolution_listener_migrations FROM authenticated;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'evolution_listener')
+       AND NOT EXISTS (
+           SELECT 1 FROM pg_catalog.pg_policy
+           WHERE polname = 'evolution_listener_migrations_read'
+             AND polrelid = 'public.evolution_listener_migrations'::regclass) THEN
+        CREATE POLICY evolution_listener_migrations_read ON public.evolution_listener_migrations
+            FOR SELECT TO evolution_listener USING (true);
+    END IF;
+END
+$$
+"""
+
+# Which of a migration's marker objects (listener/db/markers.py) are missing: recognises a
+# schema applied outside the runner (supabase/migrations, psql). Catalog reads only, so the
+# service's own role can run it.
+MISSING_MARKERS: Final = """
+SELECT m.kind, m.name, m.parent
+FROM unnest(%(kinds)s::text[], %(names)s::text[], %(parents)s::text[]) AS m(kind, name, parent)
+WHERE NOT CASE m.kind
+    WHEN 'table' THEN pg_catalog.to_regclass(m.name) IS NOT NULL
+    WHEN 'index' THEN pg_catalog.to_regclass(m.name) IS NOT NULL
+    WHEN 'function' THEN EXISTS (
+        SELECT 1 FROM pg_catalog.pg_proc p
+        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname || '.' || p.proname = m.name)
+    WHEN 'trigger' THEN EXISTS (
+        SELECT 1 FROM pg_catalog.pg_trigger t
+        WHERE t.tgname = m.name AND t.tgrelid = pg_catalog.to_regclass(m.parent))
+    WHEN 'policy' THEN EXISTS (
+        SELECT 1 FROM pg_catalog.pg_policy p
+        WHERE p.polname = m.name AND p.polrelid = pg_catalog.to_regclass(m.parent))
+    WHEN 'column' THEN EXISTS (
+        SELECT 1 FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = pg_catalog.to_regclass(m.parent) AND a.attname = m.name
+          AND a.attnum > 0 AND NOT a.attisdropped)
+    WHEN 'role' THEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = m.name)
+    ELSE false
+END
+"""
+
 # --- the listener connection ----------------------------------------------------------------
 
 LISTEN: Final = f'LISTEN "{CHANNEL}"'

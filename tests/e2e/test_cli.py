@@ -562,7 +562,8 @@ def _checks(result: CliResult) -> dict[str, tuple[str, str]]:
     return checks
 
 
-DOCTOR_CHECKS = {"config", "not a transaction pooler", "database reachable",
+DOCTOR_CHECKS = {"config", "not a transaction pooler", "connection kind", "connection budget",
+                 "database reachable",
                  "migrations current", "signup trigger", "LISTEN/NOTIFY",
                  "Evolution API reachable", "Evolution API key", "webhook URL"}
 
