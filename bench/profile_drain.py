@@ -1,0 +1,121 @@
+"""`make profile`: py-spy of the service process during the instant-simulator drain.
+
+Records `py-spy record --format raw` (collapsed stacks, 250 Hz, non-blocking) of the service
+while it drains a 20,000-entry backlog (the `drain_0ms_x1` case, made longer for enough
+samples; the bench's `--profile` switch, which also turns on pg_stat_statements), then writes
+a summary a person can diff between two commits: the top 25 frames by own time, by
+inclusive time, and own time per module.
+The figures of a profiled run are not clean (the sampler costs CPU): read shares, not rates.
+
+Writes bench/results/profile-<label>.txt; the raw stacks (about 300 KB, not committed) go to
+--raw (default /tmp/profile-<label>.pyspy.txt), for a flame graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/...`
+
+from bench import cases, report
+from bench.harness import _short_frame
+
+TOP = 25
+LABEL = "drain_0ms_x1"
+
+
+def _module(frame: str) -> str:
+    """A raw frame's file as a module: `listener/db/store.py` for ours, the package for a
+    library (`aiohttp`, `psycopg`), the stdlib module (`asyncio`, `json`, `logging`)."""
+    match = re.match(r"^.*? \((.*?)(?::\d+)?\)$", frame.strip())
+    path = match.group(1) if match else frame
+    if "/listener/" in f"/{path}":
+        return "listener/" + f"/{path}".rsplit("/listener/", 1)[1]
+    for marker in ("site-packages/", "/python3.11/", "/python3.12/", "/python3.13/"):
+        if marker in path:
+            return path.split(marker, 1)[1].split("/", 1)[0].removesuffix(".py")
+    return path
+
+
+class _BigBacklog(cases.Options):
+    """The bench's options with a longer drain: enough samples at py-spy's 250 Hz."""
+
+    @property
+    def backlog(self) -> int:
+        return 4000 if self.quick else 20000
+
+
+def summarize(raw: Path, top: int = TOP) -> str:
+    """Own and inclusive shares of py-spy's collapsed stacks, as a text report."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    modules: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        raw_frames = stack.split(";")
+        frames = [_short_frame(f) for f in raw_frames]
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        leaf_module = _module(raw_frames[-1])
+        modules[leaf_module] = modules.get(leaf_module, 0) + count
+    if total == 0:
+        return "no samples\n"
+
+    def block(title: str, counts: dict[str, int]) -> list[str]:
+        lines = [title, "-" * len(title)]
+        ranked = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:top]
+        lines += [f"{count / total:7.2%}  {count:6d}  {frame}" for frame, count in ranked]
+        return [*lines, ""]
+
+    out = [f"samples: {total} (active only: py-spy skips idle threads)", ""]
+    out += block(f"top {top} frames by own time", own)
+    out += block(f"top {top} modules by own time", modules)
+    out += block(f"top {top} frames by inclusive time", inclusive)
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/profile_drain.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--label", default="latest",
+                        help="names the summary: bench/results/profile-<label>.txt")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smaller backlog (4,000 instead of 20,000)")
+    parser.add_argument("--raw", type=Path, default=None,
+                        help="where to keep py-spy's collapsed stacks")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
+        options = _BigBacklog(quick=args.quick, profile_dir=Path(tmp))
+        result = cases.drain(options, 0.0, 1)
+        raw = Path(tmp) / f"{LABEL}.pyspy.txt"
+        if not raw.exists():
+            print("py-spy wrote nothing (is it installed? `make profile` installs it)",
+                  file=sys.stderr)
+            return 1
+        header = (f"py-spy of the service during {LABEL} (backlog {result['backlog']}, "
+                  f"concurrency {result['concurrency_per_replica']}), commit "
+                  f"{report.git_commit()}\n"
+                  f"throughput while profiled: {result['throughput_per_s']} entries/s, "
+                  f"service CPU {result['cpu_ms_per_entry']['service']} ms/entry\n\n")
+        text = header + summarize(raw)
+        out = report.RESULTS_DIR / f"profile-{args.label}.txt"
+        out.write_text(text)
+        raw_out = args.raw or Path(tempfile.gettempdir()) / f"profile-{args.label}.pyspy.txt"
+        raw_out.write_text(raw.read_text())
+    print(text)
+    print(f"summary: {out}\nraw stacks: {raw_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
