@@ -35,6 +35,7 @@ from bench.harness import (
     ROOT,
     SERVICE_ROLE,
     Database,
+    MachineMeter,
     ProcessSample,
     SimulatorProcess,
     _vm_hwm_bytes,
@@ -230,7 +231,10 @@ def peer_comparison(options: Options) -> dict[str, Any]:
             for workload, run in workloads.items():
                 for system in SYSTEMS:
                     index += 1
-                    runs[workload][system].append(run(options, server, system, index))
+                    with MachineMeter() as meter:  # how much the machine's other users took
+                        result = run(options, server, system, index)
+                    result["machine"] = meter.report()
+                    runs[workload][system].append(result)
     drain = {s: [r["jobs_per_s_incl_startup"] for r in runs["drain"][s]] for s in SYSTEMS}
     p99 = {s: [(r["latency_ms"] or {}).get("p99") for r in runs["steady"][s]] for s in SYSTEMS}
     rss = {s: [r["peak_rss_mib"] for r in runs["drain"][s] + runs["steady"][s]]

@@ -84,6 +84,19 @@ def summarize(raw: Path, top: int = TOP) -> str:
     return "\n".join(out)
 
 
+def _statements(result: dict[str, object]) -> str:
+    """pg_stat_statements of the drain: calls per entry show the round trips per entry."""
+    rows = result.get("pg_stat_statements")
+    entries = result.get("completed")
+    if not isinstance(rows, list) or not isinstance(entries, int) or entries <= 0:
+        return ""
+    lines = ["statements (pg_stat_statements, heaviest first)", "-" * 47]
+    for row in rows:
+        lines.append(f"{row['calls']:7d} calls ({row['calls'] / entries:5.3f}/entry) "
+                     f"{row['total_ms']:9.1f} ms  {row['query'][:70]}")
+    return "\n".join(["", *lines, ""])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/profile_drain.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{report.git_commit()}\n"
                   f"throughput while profiled: {result['throughput_per_s']} entries/s, "
                   f"service CPU {result['cpu_ms_per_entry']['service']} ms/entry\n\n")
-        text = header + summarize(raw)
+        text = header + summarize(raw) + _statements(result)
         out = report.RESULTS_DIR / f"profile-{args.label}.txt"
         out.write_text(text)
         raw_out = args.raw or Path(tempfile.gettempdir()) / f"profile-{args.label}.pyspy.txt"
