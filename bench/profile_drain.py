@@ -4,7 +4,7 @@ Records `py-spy record --format raw` (collapsed stacks, 250 Hz, non-blocking) of
 while it drains a 20,000-entry backlog (the `drain_0ms_x1` case, made longer for enough
 samples; the bench's `--profile` switch, which also turns on pg_stat_statements), then writes
 a summary a person can diff between two commits: the top 25 frames by own time, by
-inclusive time, and own time per module.
+inclusive time, and own time per source file.
 The figures of a profiled run are not clean (the sampler costs CPU): read shares, not rates.
 
 Writes bench/results/profile-<label>.txt; the raw stacks (about 300 KB, not committed) go to
@@ -28,17 +28,11 @@ TOP = 25
 LABEL = "drain_0ms_x1"
 
 
-def _module(frame: str) -> str:
-    """A raw frame's file as a module: `listener/db/store.py` for ours, the package for a
-    library (`aiohttp`, `psycopg`), the stdlib module (`asyncio`, `json`, `logging`)."""
+def _file(frame: str) -> str:
+    """A raw frame's file (py-spy already shows it relative to its sys.path entry:
+    `listener/db/store.py`, `aiohttp/client.py`, `asyncio/tasks.py`)."""
     match = re.match(r"^.*? \((.*?)(?::\d+)?\)$", frame.strip())
-    path = match.group(1) if match else frame
-    if "/listener/" in f"/{path}":
-        return "listener/" + f"/{path}".rsplit("/listener/", 1)[1]
-    for marker in ("site-packages/", "/python3.11/", "/python3.12/", "/python3.13/"):
-        if marker in path:
-            return path.split(marker, 1)[1].split("/", 1)[0].removesuffix(".py")
-    return path
+    return match.group(1) if match else frame.strip()
 
 
 class _BigBacklog(cases.Options):
@@ -53,7 +47,7 @@ def summarize(raw: Path, top: int = TOP) -> str:
     """Own and inclusive shares of py-spy's collapsed stacks, as a text report."""
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
-    modules: dict[str, int] = {}
+    files: dict[str, int] = {}
     total = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -66,8 +60,8 @@ def summarize(raw: Path, top: int = TOP) -> str:
         own[frames[-1]] = own.get(frames[-1], 0) + count
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + count
-        leaf_module = _module(raw_frames[-1])
-        modules[leaf_module] = modules.get(leaf_module, 0) + count
+        leaf_file = _file(raw_frames[-1])
+        files[leaf_file] = files.get(leaf_file, 0) + count
     if total == 0:
         return "no samples\n"
 
@@ -79,7 +73,7 @@ def summarize(raw: Path, top: int = TOP) -> str:
 
     out = [f"samples: {total} (active only: py-spy skips idle threads)", ""]
     out += block(f"top {top} frames by own time", own)
-    out += block(f"top {top} modules by own time", modules)
+    out += block(f"top {top} files by own time", files)
     out += block(f"top {top} frames by inclusive time", inclusive)
     return "\n".join(out)
 
