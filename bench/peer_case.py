@@ -251,9 +251,19 @@ def peer_comparison(options: Options) -> dict[str, Any]:
         "drain_jobs_per_s": {s: drain[s] for s in SYSTEMS},
         "drain_median_jobs_per_s": med_drain,
         "drain_ratio": _ratio(med_drain["ours"], med_drain["pgqueuer"]),
+        # Each repeat's pair ran back to back: its ratio cancels part of a drift that hits
+        # both, which the ratio of medians does not (a shared machine's load moves a lot).
+        "drain_ratio_per_repeat": [_ratio(a, b) for a, b in zip(drain["ours"],
+                                                                drain["pgqueuer"], strict=True)],
         "steady_p99_ms": {s: p99[s] for s in SYSTEMS},
         "steady_p99_median_ms": med_p99,
         "steady_p99_ratio": _ratio(med_p99["ours"], med_p99["pgqueuer"]),
+        "steady_p99_ratio_per_repeat": [_ratio(a, b) for a, b in zip(p99["ours"],
+                                                                     p99["pgqueuer"],
+                                                                     strict=True)],
+        "other_users_share": {f"{w}_{s}": [r["machine"]["other_users_share"]
+                                           for r in runs[w][s]]
+                              for w in runs for s in SYSTEMS},
         "peak_rss_mib": {s: max(rss[s]) for s in SYSTEMS},
         "drain_cpu_ms_per_job_median": {s: _median(cpu[s]) for s in SYSTEMS},
         "elapsed_s": round(time.monotonic() - started, 1),
