@@ -215,7 +215,8 @@ def _double_claim_checks(db: Database, sim: SimulatorProcess, users: int) -> dic
     }
 
 
-def drain(options: Options, latency_ms: float, replicas: int = 1) -> dict[str, Any]:
+def drain(options: Options, latency_ms: float, replicas: int = 1,
+          concurrency: int = CONCURRENCY) -> dict[str, Any]:
     """A backlog queued while no service runs; then `replicas` services drain it."""
     label = f"drain_{int(latency_ms)}ms_x{replicas}"
     count = options.backlog
@@ -224,7 +225,8 @@ def drain(options: Options, latency_ms: float, replicas: int = 1) -> dict[str, A
         backlog(db.admin_dsn, count)
         spawned_at = db.scalar("SELECT clock_timestamp()")
         sim_cpu0, pg_cpu0 = sim.cpu_s(), postgres_cpu(db)
-        envs = [service_env(db, sim, free_port()) for _ in range(replicas)]
+        envs = [service_env(db, sim, free_port(), LISTENER_CONCURRENCY=str(concurrency))
+                for _ in range(replicas)]
         with running_services(envs, profile_dir=options.profile_dir, label=label) as group:
             for member in group.members:
                 member.wait_ready()
@@ -244,13 +246,13 @@ def drain(options: Options, latency_ms: float, replicas: int = 1) -> dict[str, A
         checks = _double_claim_checks(db, sim, count)
     completed, span_s, since_spawn_s = int(span[0]), float(span[1] or 0), float(span[2] or 0)
     throughput = rate_per_s(completed - 1, span_s)
-    ceiling = CONCURRENCY * replicas / (2 * latency_ms / 1000) if latency_ms > 0 else None
+    ceiling = concurrency * replicas / (2 * latency_ms / 1000) if latency_ms > 0 else None
     cpu_work = sum(s.cpu_s for s in samples) - sum(samples_ready)
     service_cpu = sum(s.cpu_s for s in samples)
     return {
         "backlog": count,
         "replicas": replicas,
-        "concurrency_per_replica": CONCURRENCY,
+        "concurrency_per_replica": concurrency,
         "simulator_latency_ms": latency_ms,
         "completed": completed,
         "throughput_per_s": round(throughput, 1),

@@ -98,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="names the summary: bench/results/profile-<label>.txt")
     parser.add_argument("--quick", action="store_true",
                         help="a smaller backlog (4,000 instead of 20,000)")
+    parser.add_argument("--concurrency", type=int, default=cases.CONCURRENCY,
+                        help="LISTENER_CONCURRENCY of the service (the peer case uses 16)")
     parser.add_argument("--raw", type=Path, default=None,
                         help="where to keep py-spy's collapsed stacks")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         options = _BigBacklog(quick=args.quick, profile_dir=Path(tmp))
-        result = cases.drain(options, 0.0, 1)
+        result = cases.drain(options, 0.0, 1, args.concurrency)
         raw = Path(tmp) / f"{LABEL}.pyspy.txt"
         if not raw.exists():
             print("py-spy wrote nothing (is it installed? `make profile` installs it)",

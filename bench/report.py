@@ -146,10 +146,10 @@ FIGURES: list[Figure] = [
            lambda r: _num(_get(r, "steady_200_async_commit", "latency_ms", "p99")),
            spread_of="steady_200_async_commit"),
     # The peer comparison (issue 13): medians of interleaved repeats, concurrency 16.
-    Figure("peer_drain_ours", "vs pgqueuer: drain 3000, ours (incl. start-up)", "entries/s",
+    Figure("peer_drain_ours", "vs pgqueuer: drain, ours (incl. start-up)", "entries/s",
            _peer("drain_median_jobs_per_s", "ours"),
            runs=_peer_runs("drain_jobs_per_s", "ours")),
-    Figure("peer_drain_pgq", "vs pgqueuer: drain 3000, pgqueuer (incl. start-up)", "entries/s",
+    Figure("peer_drain_pgq", "vs pgqueuer: drain, pgqueuer (incl. start-up)", "entries/s",
            _peer("drain_median_jobs_per_s", "pgqueuer"),
            runs=_peer_runs("drain_jobs_per_s", "pgqueuer")),
     Figure("peer_drain_ratio", "vs pgqueuer: drain ratio (ours / pgqueuer)", "x",
