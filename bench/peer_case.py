@@ -30,7 +30,13 @@ from typing import Any
 import psutil
 
 from bench import peer_pgqueuer
-from bench.cases import QUEUE, Options, _finished_count, _latencies_ms, _wait_finished
+from bench.cases import (
+    Options,
+    _finished_count,
+    _latencies_ms,
+    _wait_finished,
+    completion_span,
+)
 from bench.harness import (
     ROOT,
     SERVICE_ROLE,
@@ -159,12 +165,8 @@ def drain_run(options: Options, server: Database, system: str, index: int) -> di
         with _running(system, db, sim) as proc:
             _wait_finished(db, count, 120)
             sample = proc.read_sample()
-        span = db.execute(
-            f"SELECT count(*), EXTRACT(EPOCH FROM max(processed_at) - %s), "
-            f"EXTRACT(EPOCH FROM max(processed_at) - min(processed_at)) FROM {QUEUE} "
-            f"WHERE status = 'completed'", (spawned_at,))[0]
+        completed, span_s, since_spawn_s = completion_span(db, spawned_at)
         checks = _checks(db, sim, count)
-    completed, since_spawn_s, span_s = int(span[0]), float(span[1] or 0), float(span[2] or 0)
     return {
         "system": system,
         "backlog": count,

@@ -22,16 +22,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/...`
 
 from bench import cases, report
-from bench.harness import _short_frame
+from bench.harness import summarize_pyspy
 
 TOP = 25
 LABEL = "drain_0ms_x1"
 
 
 def _file(frame: str) -> str:
-    """A raw frame's file (py-spy already shows it relative to its sys.path entry:
-    `listener/db/store.py`, `aiohttp/client.py`, `asyncio/tasks.py`)."""
-    match = re.match(r"^.*? \((.*?)(?::\d+)?\)$", frame.strip())
+    """The file of a short frame (`func (db/store.py)` -> `db/store.py`)."""
+    match = re.match(r"^.*? \((.*?)\)$", frame.strip())
     return match.group(1) if match else frame.strip()
 
 
@@ -44,37 +43,26 @@ class _BigBacklog(cases.Options):
 
 
 def summarize(raw: Path, top: int = TOP) -> str:
-    """Own and inclusive shares of py-spy's collapsed stacks, as a text report."""
-    own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
-    files: dict[str, int] = {}
-    total = 0
-    for line in raw.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        raw_frames = stack.split(";")
-        frames = [_short_frame(f) for f in raw_frames]
-        total += count
-        own[frames[-1]] = own.get(frames[-1], 0) + count
-        for frame in set(frames):
-            inclusive[frame] = inclusive.get(frame, 0) + count
-        leaf_file = _file(raw_frames[-1])
-        files[leaf_file] = files.get(leaf_file, 0) + count
-    if total == 0:
+    """Own and inclusive shares of py-spy's collapsed stacks, and own time per file."""
+    spy = summarize_pyspy(raw, top=1_000_000)
+    if not spy:
         return "no samples\n"
+    files: dict[str, float] = {}
+    for row in spy["self"]:
+        files[_file(row["frame"])] = files.get(_file(row["frame"]), 0.0) + row["share"]
 
-    def block(title: str, counts: dict[str, int]) -> list[str]:
+    def block(title: str, rows: list[tuple[str, float]]) -> list[str]:
         lines = [title, "-" * len(title)]
-        ranked = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:top]
-        lines += [f"{count / total:7.2%}  {count:6d}  {frame}" for frame, count in ranked]
+        lines += [f"{share:7.2%}  {name}" for name, share in rows[:top]]
         return [*lines, ""]
 
-    out = [f"samples: {total} (active only: py-spy skips idle threads)", ""]
-    out += block(f"top {top} frames by own time", own)
-    out += block(f"top {top} files by own time", files)
-    out += block(f"top {top} frames by inclusive time", inclusive)
+    out = [f"samples: {spy['samples']} (active only: py-spy skips idle threads)", ""]
+    out += block(f"top {top} frames by own time",
+                 [(row["frame"], row["share"]) for row in spy["self"]])
+    out += block(f"top {top} files by own time",
+                 sorted(files.items(), key=lambda kv: kv[1], reverse=True))
+    out += block(f"top {top} frames by inclusive time",
+                 [(row["frame"], row["share"]) for row in spy["inclusive"]])
     return "\n".join(out)
 
 

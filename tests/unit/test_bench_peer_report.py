@@ -30,12 +30,13 @@ def test_pyspy_summary_ranks_own_and_inclusive_time(tmp_path: Path) -> None:
         return [line.split() for line in block.splitlines()[2:]]
 
     assert rows("top 3 frames by own time") == [
-        ["60.00%", "6", "_send", "(evolution/client.py)"],
-        ["30.00%", "3", "execute", "(psycopg/cursor.py)"],
-        ["10.00%", "1", "run", "(listener/aio.py)"]]
-    assert rows("top 3 frames by inclusive time")[0][:2] == ["100.00%", "10"]
-    assert rows("top 3 files by own time")[0] == ["60.00%", "6",
-                                                  "listener/evolution/client.py"]
+        ["60.00%", "_send", "(evolution/client.py)"],
+        ["30.00%", "execute", "(psycopg/cursor.py)"],
+        ["10.00%", "run", "(listener/aio.py)"]]
+    assert rows("top 3 frames by inclusive time")[0][0] == "100.00%"
+    assert rows("top 3 files by own time") == [["60.00%", "evolution/client.py"],
+                                              ["30.00%", "psycopg/cursor.py"],
+                                              ["10.00%", "listener/aio.py"]]
     assert text.startswith("samples: 10 ")
 
 
