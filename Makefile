@@ -44,7 +44,7 @@ demo: $(STAMP) ## embedded PostgreSQL + simulator + service + synthetic signups,
 bench: $(PEER_STAMP) ## throughput/latency figures, and vs pgqueuer -> bench/results/<date>-<host>.json
 	$(BIN)/python bench/run.py
 
-bench-quick: $(PEER_STAMP) ## a small version of every benchmark case (under a minute)
+bench-quick: $(PEER_STAMP) ## a small version of every benchmark case (about a minute)
 	$(BIN)/python bench/run.py --quick
 
 bench-peer: $(PEER_STAMP) ## only the comparison with pgqueuer (about 4 minutes)
