@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+PEER_STAMP := $(VENV)/.installed-peer
 PYTEST_ARGS ?=
 
-.PHONY: install test unit lint lint-rules dist migrate run demo bench bench-quick simulator clean
+.PHONY: install test unit lint lint-rules dist migrate run demo bench bench-quick bench-peer profile simulator clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +15,10 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+$(PEER_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,peer]'
+	touch $(PEER_STAMP)
 
 install: $(STAMP) ## virtualenv with the package and its dev/test tools
 
@@ -61,11 +66,17 @@ run: $(STAMP) ## run the service with the environment's configuration
 demo: $(STAMP) ## embedded PostgreSQL + simulator + service + synthetic signups, then a summary
 	$(BIN)/evolution-listener demo
 
-bench: $(STAMP) ## throughput/latency figures -> bench/results/<date>-<host>.json
+bench: $(PEER_STAMP) ## throughput/latency figures, and vs pgqueuer -> bench/results/<date>-<host>.json
 	$(BIN)/python bench/run.py
 
-bench-quick: $(STAMP) ## a small version of every benchmark case (under a minute)
+bench-quick: $(PEER_STAMP) ## a small version of every benchmark case (about a minute)
 	$(BIN)/python bench/run.py --quick
+
+bench-peer: $(PEER_STAMP) ## only the comparison with pgqueuer (about 4 minutes)
+	$(BIN)/python bench/run.py --peer-only
+
+profile: $(PEER_STAMP) ## py-spy of the service during a drain -> bench/results/profile-<label>.txt
+	$(BIN)/python bench/profile_drain.py --label $(or $(LABEL),latest)
 
 simulator: $(STAMP) ## the Evolution API simulator on 127.0.0.1:8080
 	$(BIN)/evolution-listener simulator

@@ -101,6 +101,11 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _json(value: str) -> str:
+    """One JSON string value, encoded as every request body is (UTF-8, no ASCII escaping)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _segment(name: str) -> str:
     return quote(name, safe="")
 
@@ -218,19 +223,20 @@ class EvolutionClient:
         required by WHATSAPP-BUSINESS only. A taken name raises `AlreadyExistsError`.
         """
         op = "create_instance"
-        body: dict[str, Any] = {
-            "instanceName": _check_name(name),
-            "integration": integration,
-            "qrcode": False,
-        }
+        # The JSON of {"instanceName", "integration", "qrcode": false, ["token"], ["number"],
+        # ["webhook"]}, assembled around the webhook's JSON, which is encoded once per spec.
+        parts = ['{"instanceName":', _json(_check_name(name)), ',"integration":',
+                 _json(integration), ',"qrcode":false']
         if token is not None:
-            body["token"] = token
+            parts += [',"token":', _json(token)]
         if number is not None:
-            body["number"] = number
+            parts += [',"number":', _json(number)]
         if webhook is not None:
-            body["webhook"] = webhook.body(include_empty_headers=False)
+            parts += [',"webhook":', webhook.body_json(include_empty_headers=False)]
+        parts.append("}")
         extra = [token, *(webhook.headers.values() if webhook else ())]
-        data = await self._call(op, "POST", "/instance/create", json_body=body, secrets=extra)
+        data = await self._call(op, "POST", "/instance/create", raw_json="".join(parts),
+                                secrets=extra)
         instance = _dict(data, op, "body")
         inner = _dict(instance.get("instance"), op, "instance")
         token_value = instance.get("hash")
@@ -254,8 +260,8 @@ class EvolutionClient:
         """
         op = "set_webhook"
         path = f"/webhook/set/{_segment(_check_name(name))}"
-        body = {"webhook": webhook.body(include_empty_headers=True)}
-        data = await self._call(op, "POST", path, json_body=body, secrets=webhook.headers.values())
+        body = f'{{"webhook":{webhook.body_json(include_empty_headers=True)}}}'
+        data = await self._call(op, "POST", path, raw_json=body, secrets=webhook.headers.values())
         return _webhook_state(data, op)
 
     async def find_webhook(self, name: str) -> WebhookState | None:
@@ -378,17 +384,18 @@ class EvolutionClient:
         path: str,
         *,
         params: Mapping[str, str] | None = None,
-        json_body: Any = None,
+        raw_json: str | None = None,
         auth: bool = True,
         secrets: Iterable[str | None] = (),
         max_body_bytes: int | None = None,
     ) -> Any:
-        """One request: returns the parsed JSON of a 2xx answer, or raises a typed error."""
+        """One request: returns the parsed JSON of a 2xx answer, or raises a typed error.
+        `raw_json` is the request body, already JSON (see `_json`)."""
         secret_list = self._secrets(secrets)
         started = time.perf_counter()
         try:
             answer = await self._send(
-                operation, method, path, params, json_body, auth, secret_list, max_body_bytes
+                operation, method, path, params, raw_json, auth, secret_list, max_body_bytes
             )
         except ServiceUnavailableError as error:
             self._observe(operation, started, str(error.kind))
@@ -422,7 +429,7 @@ class EvolutionClient:
         method: str,
         path: str,
         params: Mapping[str, str] | None,
-        json_body: Any,
+        raw_json: str | None,
         auth: bool,
         secret_list: list[str | None],
         max_body_bytes: int | None = None,
@@ -434,8 +441,8 @@ class EvolutionClient:
         if auth:
             headers["apikey"] = self._key.get()
         data: bytes | None = None
-        if json_body is not None:
-            data = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode()
+        if raw_json is not None:
+            data = raw_json.encode()
             headers["Content-Type"] = "application/json"
         url = URL(self._base_url + path, encoded=True)
         if params:

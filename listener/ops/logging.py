@@ -113,8 +113,13 @@ def register_secret(secret: str) -> None:
 def redact_text(text: str) -> str:
     """Mask every registered secret and any password in something that looks like a DSN."""
     text = _REGISTRY.mask(text)
-    text = _DSN_URL_PASSWORD.sub(rf"\1:{MASK}@", text)
-    return _DSN_KV_PASSWORD.sub(rf"\1{MASK}", text)
+    # Each DSN pattern needs a character most log values lack ('@', '='): testing for it
+    # first skips two regex scans per string value, the bulk of a log line's cost.
+    if "@" in text:
+        text = _DSN_URL_PASSWORD.sub(rf"\1:{MASK}@", text)
+    if "=" in text:
+        text = _DSN_KV_PASSWORD.sub(rf"\1{MASK}", text)
+    return text
 
 
 def _redact_value(value: Any) -> Any:

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from listener.dev.simulator import SimulatorThread
 
+from listener.dev.simulator import SimulatorThread
 from tests.e2e.cli_helpers import (
     ROOT,
     add_fault,
