@@ -32,8 +32,8 @@ from bench.harness import (
 )
 from bench.load import backlog, steady_signups
 from listener.db import queries
-from listener.demo_stats import rate_per_s, ratio, summarize
-from listener.embedded_pg import free_port
+from listener.dev.demo.stats import rate_per_s, ratio, summarize
+from listener.dev.embedded_pg import free_port
 
 QUEUE = "public.evolution_instance_creation_queue"
 CONCURRENCY = 64
@@ -219,7 +219,17 @@ def _double_claim_checks(db: Database, sim: SimulatorProcess, users: int) -> dic
     }
 
 
-def drain(options: Options, latency_ms: float, replicas: int = 1) -> dict[str, Any]:
+def completion_span(db: Database, spawned_at: Any) -> tuple[int, float, float]:
+    """(completed rows, first to last completion in s, spawn to last completion in s)."""
+    row = db.execute(
+        f"SELECT count(*), EXTRACT(EPOCH FROM max(processed_at) - min(processed_at)), "
+        f"EXTRACT(EPOCH FROM max(processed_at) - %s) FROM {QUEUE} "
+        f"WHERE status = 'completed'", (spawned_at,))[0]
+    return int(row[0]), float(row[1] or 0), float(row[2] or 0)
+
+
+def drain(options: Options, latency_ms: float, replicas: int = 1,
+          concurrency: int = CONCURRENCY) -> dict[str, Any]:
     """A backlog queued while no service runs; then `replicas` services drain it."""
     label = f"drain_{int(latency_ms)}ms_x{replicas}"
     count = options.backlog
@@ -228,7 +238,8 @@ def drain(options: Options, latency_ms: float, replicas: int = 1) -> dict[str, A
         backlog(db.admin_dsn, count)
         spawned_at = db.scalar("SELECT clock_timestamp()")
         sim_cpu0, pg_cpu0 = sim.cpu_s(), postgres_cpu(db)
-        envs = [service_env(db, sim, free_port()) for _ in range(replicas)]
+        envs = [service_env(db, sim, free_port(), LISTENER_CONCURRENCY=str(concurrency))
+                for _ in range(replicas)]
         with running_services(envs, profile_dir=options.profile_dir, label=label) as group:
             for member in group.members:
                 member.wait_ready()
@@ -241,20 +252,16 @@ def drain(options: Options, latency_ms: float, replicas: int = 1) -> dict[str, A
                                         'outcome="completed"')) for m in group.members]
             profile = _pg_profile(options, db)
         profile.update(_spy_profile(options, label))
-        span = db.execute(
-            f"SELECT count(*), EXTRACT(EPOCH FROM max(processed_at) - min(processed_at)), "
-            f"EXTRACT(EPOCH FROM max(processed_at) - %s) FROM {QUEUE} "
-            f"WHERE status = 'completed'", (spawned_at,))[0]
+        completed, span_s, since_spawn_s = completion_span(db, spawned_at)
         checks = _double_claim_checks(db, sim, count)
-    completed, span_s, since_spawn_s = int(span[0]), float(span[1] or 0), float(span[2] or 0)
     throughput = rate_per_s(completed - 1, span_s)
-    ceiling = CONCURRENCY * replicas / (2 * latency_ms / 1000) if latency_ms > 0 else None
+    ceiling = concurrency * replicas / (2 * latency_ms / 1000) if latency_ms > 0 else None
     cpu_work = sum(s.cpu_s for s in samples) - sum(samples_ready)
     service_cpu = sum(s.cpu_s for s in samples)
     return {
         "backlog": count,
         "replicas": replicas,
-        "concurrency_per_replica": CONCURRENCY,
+        "concurrency_per_replica": concurrency,
         "simulator_latency_ms": latency_ms,
         "completed": completed,
         "throughput_per_s": round(throughput, 1),

@@ -30,7 +30,9 @@ import psutil
 import psycopg
 
 from listener.db.migrate import migrate
-from listener.embedded_pg import EmbeddedPostgres, free_port
+from listener.dev import process
+from listener.dev.embedded_pg import EmbeddedPostgres, free_port
+from listener.dev.process import http_get
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_ROLE = "bench_service"
@@ -46,14 +48,6 @@ def console_script() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "listener"]
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as error:
-        return int(error.code), error.read()
 
 
 def http_post_json(url: str, payload: Mapping[str, Any], timeout: float = 5.0) -> Any:
@@ -262,19 +256,12 @@ class SimulatorProcess:
 
 def service_env(db: Database, sim: SimulatorProcess, metrics_port: int,
                 **overrides: str) -> dict[str, str]:
-    """An operator's configuration: defaults except concurrency 64 and quiet logs."""
-    env = {
-        "DATABASE_URL": db.service_dsn,
-        "EVOLUTION_API_BASE_URL": sim.base_url,
-        "EVOLUTION_API_KEY": sim.api_key,
-        "SUPABASE_URL": "https://bench-project.supabase.co",
-        "LISTENER_CONCURRENCY": "64",
-        "LISTENER_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
-        "LISTENER_LOG_LEVEL": "WARNING",
-        "LISTENER_LOG_FORMAT": "json",
-    }
-    env.update(overrides)
-    return env
+    """An operator's configuration (the shared builder): concurrency 64 and quiet logs."""
+    return process.service_env(
+        db.service_dsn, sim.base_url, sim.api_key, metrics_port=metrics_port,
+        supabase_url="https://bench-project.supabase.co",
+        **{"LISTENER_CONCURRENCY": "64", "LISTENER_LOG_LEVEL": "WARNING", **overrides},
+    )
 
 
 def _vm_hwm_bytes(pid: int) -> int | None:
@@ -294,23 +281,13 @@ class ProcessSample:
     samples: int = 0
 
 
-class ServiceProcess:
-    """The service as its console script, in its own process, with an RSS/CPU monitor.
-
-    `profile_out`: a path for a py-spy record (collapsed stacks) of the whole run.
-    """
+class ServiceProcess(process.ServiceProcess):
+    """The shared service launcher (listener/dev/process.py) running the console script,
+    plus an RSS/CPU monitor; `profile_out`: a path for a py-spy record (collapsed stacks)."""
 
     def __init__(self, env: Mapping[str, str], *, name: str = "service",
                  profile_out: Path | None = None) -> None:
-        self.name = name
-        self.env = dict(env)
-        self.metrics_url = f"http://{env['LISTENER_METRICS_ADDR']}"
-        full = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",)}
-        full.update(self.env)
-        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop)
-            prefix=f"bench-{name}-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen([*console_script(), "run"], env=full, stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        super().__init__(env, program=console_script(), cwd=ROOT, name=f"bench-{name}")
         self.ps = psutil.Process(self.proc.pid)
         self.sample = ProcessSample()
         self._stop_monitor = threading.Event()
@@ -335,22 +312,9 @@ class ServiceProcess:
             self.sample.samples += 1
         return self.sample
 
-    def output(self) -> str:
-        self._log.flush()
-        return Path(self._log.name).read_text(errors="replace")
-
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited ({self.proc.returncode}): {self.output()[-2000:]}")
-            with contextlib.suppress(OSError):
-                if http_get(f"{self.metrics_url}/readyz", 1.0)[0] == 200:
-                    self._start_profiler()
-                    return
-            time.sleep(0.02)
-        raise RuntimeError(f"{self.name} not ready in {timeout_s}s: {self.output()[-2000:]}")
+        super().wait_ready(timeout_s)
+        self._start_profiler()
 
     def _start_profiler(self) -> None:
         if self.profile_out is None or self._spy is not None:
@@ -366,20 +330,7 @@ class ServiceProcess:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 
-    def metric(self, name: str, labels: str = "") -> float:
-        """One sample of the service's /metrics (0 when absent)."""
-        status, body = http_get(f"{self.metrics_url}/metrics")
-        if status != 200:
-            return 0.0
-        total = 0.0
-        for line in body.decode().splitlines():
-            if line.startswith(name) and (not labels or labels in line):
-                head, _, value = line.rpartition(" ")
-                if head.split("{", 1)[0] == name:
-                    total += float(value)
-        return total
-
-    def stop(self) -> int:
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM (graceful), bounded; the final sample is read just before."""
         self.read_sample()
         if self._spy is not None:
@@ -390,15 +341,12 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self._spy.kill()
                 self._spy.wait(5)
-        code = _terminate(self.proc, STOP_TIMEOUT_S)
+        code = super().stop(timeout_s)
         self._stop_monitor.set()
         self._monitor.join(5)
-        self._log.close()
         return code
 
-    def remove_log(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self._log.name)
+
 
 
 @dataclass
@@ -415,7 +363,6 @@ class Services:
                     member.proc.send_signal(signal.SIGTERM)
         for member in self.members:
             codes.append(member.stop())
-            member.remove_log()
         return codes
 
 

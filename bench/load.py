@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from listener.demo_stats import summarize
+from listener.dev.demo.stats import summarize
 
 INSERT_PROFILE = "INSERT INTO public.profiles (id) VALUES (%s)"
 

@@ -32,6 +32,7 @@ class Figure:
     target: str = ""
     ok: Callable[[float], bool] | None = None
     spread_of: str | None = None  # the repeated case whose headline this figure is
+    runs: Callable[[dict[str, Any]], Any] | None = None  # a case's own list of repeats
 
 
 def _get(results: dict[str, Any], *path: str | int) -> Any:
@@ -80,6 +81,14 @@ def _peak_rss(r: dict[str, Any]) -> float | None:
             if number is not None:
                 values.append(number)
     return max(values) if values else None
+
+
+def _peer(*path: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda r: _num(_get(r, "peer", *path))
+
+
+def _peer_runs(*path: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda r: _get(r, "peer", *path)
 
 
 FIGURES: list[Figure] = [
@@ -137,14 +146,46 @@ FIGURES: list[Figure] = [
            lambda r: _num(_get(r, "calibration", "select1_after_10ms_idle_ms", "p50"))),
     Figure("durable_commit", "machine: one durable INSERT commit (p50)", "ms",
            lambda r: _num(_get(r, "calibration", "durable_insert_commit_ms", "p50"))),
+    # Reconcile (issue 11): a dry run over the fleet, its own process.
+    Figure("reconcile_0ms", "reconcile dry run, instant simulator (10k instances)", "s",
+           lambda r: _num(_get(r, "reconcile_0ms", "elapsed_s")), "< 30", lambda v: v < 30),
+    Figure("reconcile_50ms_share", "reconcile, 50 ms: share of concurrency ceiling", "",
+           lambda r: _num(_get(r, "reconcile_50ms", "fraction_of_ceiling")), ">= 0.90",
+           lambda v: v >= 0.90),
+    Figure("reconcile_rss", "peak RSS, reconcile process", "MiB", lambda r: max(
+        (v for v in (_num(_get(r, c, "reconcile_peak_rss_mib"))
+                     for c in ("reconcile_0ms", "reconcile_50ms")) if v is not None),
+        default=None), "< 150", lambda v: v < 150),
     # What-if runs (experiments): shown only when they ran.
     Figure("steady200_async_p50", "what-if: steady 200/s, synchronous_commit=off: p50", "ms",
            lambda r: _num(_get(r, "steady_200_async_commit", "latency_ms", "p50"))),
     Figure("steady200_async_p99", "what-if: steady 200/s, synchronous_commit=off: p99", "ms",
            lambda r: _num(_get(r, "steady_200_async_commit", "latency_ms", "p99")),
            spread_of="steady_200_async_commit"),
+    # The peer comparison (issue 13): medians of interleaved repeats, concurrency 16.
+    Figure("peer_drain_ours", "vs pgqueuer: drain, ours (incl. start-up)", "entries/s",
+           _peer("drain_median_jobs_per_s", "ours"),
+           runs=_peer_runs("drain_jobs_per_s", "ours")),
+    Figure("peer_drain_pgq", "vs pgqueuer: drain, pgqueuer (incl. start-up)", "entries/s",
+           _peer("drain_median_jobs_per_s", "pgqueuer"),
+           runs=_peer_runs("drain_jobs_per_s", "pgqueuer")),
+    Figure("peer_drain_ratio", "vs pgqueuer: drain ratio (ours / pgqueuer)", "x",
+           _peer("drain_ratio"), ">= 1.5", lambda v: v >= 1.5),
+    Figure("peer_p99_ours", "vs pgqueuer: steady 200/s p99, ours", "ms",
+           _peer("steady_p99_median_ms", "ours"), runs=_peer_runs("steady_p99_ms", "ours")),
+    Figure("peer_p99_pgq", "vs pgqueuer: steady 200/s p99, pgqueuer", "ms",
+           _peer("steady_p99_median_ms", "pgqueuer"),
+           runs=_peer_runs("steady_p99_ms", "pgqueuer")),
+    Figure("peer_p99_ratio", "vs pgqueuer: steady p99 ratio (ours / pgqueuer)", "x",
+           _peer("steady_p99_ratio"), "<= 1.0", lambda v: v <= 1.0),
+    Figure("peer_rss_ours", "vs pgqueuer: peak RSS, ours", "MiB",
+           _peer("peak_rss_mib", "ours")),
+    Figure("peer_rss_pgq", "vs pgqueuer: peak RSS, pgqueuer", "MiB",
+           _peer("peak_rss_mib", "pgqueuer")),
 ]
-_OPTIONAL = {"steady200_async_p50", "steady200_async_p99"}
+_OPTIONAL = {"steady200_async_p50", "steady200_async_p99", "peer_drain_ours", "peer_drain_pgq",
+             "peer_drain_ratio", "peer_p99_ours", "peer_p99_pgq", "peer_p99_ratio",
+             "peer_rss_ours", "peer_rss_pgq"}
 
 
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -157,11 +198,14 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         if figure.ok is not None:
             verdict = "n/a" if value is None else ("pass" if figure.ok(value) else "MISS")
         spread = None
+        values: Any = None
         if figure.spread_of is not None:
             values = _get(results, figure.spread_of, "repeats", "values")
-            if isinstance(values, list) and len(values) > 1:
-                known = [float(v) for v in values if isinstance(v, int | float)]
-                spread = [round(min(known), 3), round(max(known), 3)] if known else None
+        elif figure.runs is not None:
+            values = figure.runs(results)
+        if isinstance(values, list) and len(values) > 1:
+            known = [float(v) for v in values if isinstance(v, int | float)]
+            spread = [round(min(known), 3), round(max(known), 3)] if known else None
         rows.append({"key": figure.key, "label": figure.label, "unit": figure.unit,
                      "value": None if value is None else round(value, 3),
                      "target": figure.target, "verdict": verdict, "runs_range": spread})

@@ -18,8 +18,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/run.py`
 
-from bench import cases, harness, report
-from listener.embedded_pg import _bin_dir
+from bench import cases, harness, peer_case, reconcile_case, report
+from listener.dev.embedded_pg import bin_dir
 
 CASES: dict[str, Callable[[cases.Options], dict[str, Any]]] = {
     "calibration": cases.calibration,
@@ -31,6 +31,10 @@ CASES: dict[str, Callable[[cases.Options], dict[str, Any]]] = {
     "drain_50ms_x1": lambda o: cases.drain(o, 50.0, 1),
     "drain_50ms_x3": lambda o: cases.drain(o, 50.0, 3),
     "crash": cases.crash,
+    "reconcile_0ms": lambda o: reconcile_case.reconcile_dry_run(o.quick, 0.0),
+    "reconcile_50ms": lambda o: reconcile_case.reconcile_dry_run(o.quick, 50.0),
+    # Repeats itself, interleaved with pgqueuer (A B A B A B): not in HEADLINE.
+    "peer": peer_case.peer_comparison,
 }
 
 # Cases whose figures move from run to run on a shared 2-core VM: a full run repeats them,
@@ -54,7 +58,7 @@ def _postgres_version() -> str:
     import subprocess
 
     try:
-        out = subprocess.run([str(_bin_dir() / "postgres"), "--version"], capture_output=True,
+        out = subprocess.run([str(bin_dir() / "postgres"), "--version"], capture_output=True,
                              text=True, timeout=10, check=False)
     except OSError:
         return "unknown"
@@ -91,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a small version of every case (under a minute)")
     parser.add_argument("--only", default="", metavar="CASES",
                         help=f"comma-separated subset of: {', '.join(CASES)}")
+    parser.add_argument("--peer-only", action="store_true",
+                        help="only the comparison with pgqueuer (same as --only peer)")
     parser.add_argument("--profile", metavar="DIR", type=Path, default=None,
                         help="py-spy record the service and enable pg_stat_statements; "
                              "profiles go to DIR (the figures are then not clean)")
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     every = {**CASES, **EXPERIMENTS}
     selected = [name.strip() for name in args.only.split(",") if name.strip()]
+    if args.peer_only:
+        selected = ["peer"]
     if not selected:
         selected = list(CASES)
         if not args.quick and not args.no_experiments:
@@ -179,11 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         "cases": results,
         "errors": errors,
     }
+    # A subset run shows only the figures it measured.
+    shown = [row for row in figures if row["value"] is not None] if args.only or \
+        args.peer_only else figures
     print()
-    print(report.table(figures))
+    print(report.table(shown or figures))
     if args.markdown:
         print()
-        print(report.table(figures, markdown=True))
+        print(report.table(shown or figures, markdown=True))
     if not args.no_write:
         path = args.output or report.results_path(args.quick)
         report.write_results(path, document)

@@ -40,6 +40,8 @@ class QueueStats:
     by_status: list[StatusFigures] = field(default_factory=list)
     oldest_pending_age_s: float | None = None
     recent_failures: list[Failure] = field(default_factory=list)
+    # SPEC §9: deletions are counted apart; the creation figures keep the seed's meaning.
+    deletions: list[StatusFigures] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +59,10 @@ class QueueStats:
                 }
                 for f in self.recent_failures
             ],
+            "deletions": {
+                s.status: {"count": s.count, "avg_retries": round(s.avg_retries, 3)}
+                for s in self.deletions
+            },
         }
 
 
@@ -78,6 +84,12 @@ async def stats(pool: AsyncConnectionPool, recent: int = 10) -> QueueStats:
             Failure(str(r["user_id"]), int(r["retry_count"]), r["error_message"],
                     r["processed_at"])
             for r in await cursor.fetchall()
+        ]
+        named = conn.cursor(row_factory=dict_row)
+        await named.execute(queries.DELETION_STATS_BY_STATUS)
+        result.deletions = [
+            StatusFigures(str(r["status"]), int(r["count"]), float(r["avg_retries"] or 0.0))
+            for r in await named.fetchall()
         ]
     return result
 

@@ -1,7 +1,7 @@
 """`evolution-listener`: thin subcommands. Parse, call, print, exit code.
 
 Exit codes: 0 ok, 1 failure, 2 usage, 78 configuration (EX_CONFIG: systemd does not
-restart a service that cannot work as configured).
+restart a service that cannot work as configured), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -24,13 +24,16 @@ from listener.config import (
     ConfigError,
     DatabaseSettings,
     Settings,
+    load_env_file,
     load_settings,
+    transaction_pooler_reason,
 )
 from listener.text import one_line
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def _err(message: str) -> None:
@@ -38,10 +41,11 @@ def _err(message: str) -> None:
 
 
 def _configure_logging(fmt: str = "auto", level: str = "WARNING", *, secrets: Sequence[str] = (),
-                       to_stderr: bool = True) -> None:
+                       to_stderr: bool = True, syslog_prefix: str = "auto") -> None:
     from listener.ops.logging import configure_logging
 
-    configure_logging(fmt, level, secrets, stream=sys.stderr if to_stderr else sys.stdout)
+    configure_logging(fmt, level, secrets, stream=sys.stderr if to_stderr else sys.stdout,
+                      syslog_prefix=syslog_prefix)
 
 
 def _db_pool(settings: DatabaseSettings, size: int = 2) -> AsyncConnectionPool:
@@ -56,7 +60,7 @@ def _db_pool(settings: DatabaseSettings, size: int = 2) -> AsyncConnectionPool:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(Settings)
     _configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets(),
-                       to_stderr=False)
+                       to_stderr=False, syslog_prefix=settings.log_syslog_prefix)
     from listener.service import run_service
 
     try:
@@ -71,6 +75,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings(DatabaseSettings)
+    # The runner holds a session advisory lock: a transaction pooler would hand the unlock
+    # to another server connection.
+    reason = transaction_pooler_reason(settings.dsn)
+    if reason:
+        raise ConfigError(f"configuration error: DATABASE_URL {reason} (migrate too: its "
+                          "session advisory lock needs a session of its own)")
     _configure_logging(secrets=settings.secrets())
     from listener.db.migrate import MigrationError, migrate
 
@@ -93,6 +103,39 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if not report.applied:
         print(f"up to date ({len(report.already)} migrations applied)")
     return EXIT_OK
+
+
+def cmd_export_migrations(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from listener.db.migrate import export_supabase
+
+    plan = export_supabase(Path(args.directory), datetime.now(UTC))
+    for name, _ in plan.write:
+        print(f"wrote    {Path(args.directory) / name}")
+    for name in plan.present:
+        note = " (differs from the shipped file: not overwritten)" if name in plan.differs else ""
+        print(f"present  {name}{note}")
+    if not plan.write:
+        print("nothing to write: every migration is already in the folder")
+    return EXIT_OK
+
+
+def cmd_install_files(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from listener.deploy_files import read_deploy_file, write_deploy_files
+
+    if args.print is not None:
+        sys.stdout.write(read_deploy_file(args.print))
+        return EXIT_OK
+    written, kept = write_deploy_files(Path(args.write), force=args.force)
+    for path in written:
+        print(f"wrote    {path}")
+    for path in kept:
+        print(f"kept     {path} (exists and differs; --force overwrites)")
+    return EXIT_FAILURE if kept else EXIT_OK
 
 
 # --- stats / retry / cleanup ----------------------------------------------------------------
@@ -140,6 +183,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         for failure in result.recent_failures:
             print(f"  {failure.user_id}  retries={failure.retry_count}  "
                   f"{failure.error_message or ''}")
+    print("deletions:" if result.deletions else "deletions: none queued")
+    for figures in result.deletions:
+        print(f"  {figures.status:<10}{figures.count:>10}{figures.avg_retries:>14.2f}")
     return EXIT_OK
 
 
@@ -262,6 +308,20 @@ def cmd_provision(args: argparse.Namespace) -> int:
     return _with_service(settings, provision)
 
 
+# --- reconcile (SPEC §9) --------------------------------------------------------------------
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    if args.delete_orphans and not args.apply:
+        _err("reconcile: --delete-orphans only makes sense with --apply")
+        return EXIT_USAGE
+    settings = load_settings(Settings)
+    _configure_logging(settings.log_format, "WARNING", secrets=settings.secrets())
+    from listener.reconcile_cmd import run_reconcile
+
+    return _with_service(settings, lambda service: run_reconcile(service, args))
+
+
 # --- doctor / demo / simulator --------------------------------------------------------------
 
 
@@ -272,13 +332,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from listener.demo import main as demo_main
+    from listener.dev import embedded_pg
+
+    if not embedded_pg.available():
+        print(f"evolution-listener demo: {embedded_pg.MISSING_EXTRA}", file=sys.stderr)
+        return 1
+    from listener.dev.demo.run import main as demo_main
 
     return demo_main(args.demo_args)
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from listener.simulator import main as simulator_main
+    from listener.dev.simulator import main as simulator_main
 
     return simulator_main(args.simulator_args)
 
@@ -286,60 +351,139 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default; wider columns for the long option names."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        return text.replace("(default: None)", "(default: not set)") if text else text
+
+
+ENV_FILE_HELP = ("read KEY=VALUE lines from this file (systemd EnvironmentFile syntax, e.g. "
+                 "/etc/evolution-listener/evolution-listener.env) before the settings; its "
+                 "values win over the environment. A missing or unreadable file exits 78")
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options every subcommand takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--env-file", metavar="PATH", default=None, help=ENV_FILE_HELP)
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from listener.deploy_files import DEPLOY_FILES
+
     parser = argparse.ArgumentParser(
         prog="evolution-listener",
         description="Provision an Evolution API instance for every new user, event-driven.",
-        epilog="Configuration comes from the environment (see README). Exit codes: 0 ok, "
-               "1 failure, 2 usage, 78 configuration.",
+        epilog="Configuration comes from the environment or --env-file (see README). Exit "
+               "codes: 0 ok, 1 failure, 2 usage, 78 configuration, 130 interrupted (Ctrl-C; "
+               "`run` takes Ctrl-C like SIGTERM and exits 0).",
+        formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_common()]
 
-    p = sub.add_parser("run", help="run the service (LISTEN, provision, sweep) until SIGTERM")
-    p.set_defaults(func=cmd_run)
+    def command(name: str, help_text: str, func: Callable[[argparse.Namespace], int],
+                description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=description or help_text,
+                           parents=common, formatter_class=_HelpFormatter)
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("migrate", help="apply pending SQL migrations (needs only DATABASE_URL)")
-    p.set_defaults(func=cmd_migrate)
+    command("run", "run the service (LISTEN, provision, sweep) until SIGTERM", cmd_run,
+            "Run the service until SIGTERM/SIGINT. Needs DATABASE_URL (direct or session-mode), "
+            "EVOLUTION_API_BASE_URL, EVOLUTION_API_KEY and SUPABASE_URL or WEBHOOK_URL.")
 
-    p = sub.add_parser("drain", help="process every due entry once, print counts, exit "
-                                     "(1 if any entry failed)")
-    p.set_defaults(func=cmd_drain)
+    command("migrate", "apply pending SQL migrations (needs only DATABASE_URL, an owner's)",
+            cmd_migrate,
+            "Apply the shipped SQL migrations not yet recorded, under an advisory lock; a "
+            "transaction-pooler DSN (port 6543, pgbouncer=true) is refused with exit 78.")
 
-    p = sub.add_parser("provision", help="provision one user now, printing each step")
-    p.add_argument("user_id", metavar="USER_ID")
+    p = command("export-migrations", "write the migrations into a supabase/migrations folder",
+                cmd_export_migrations,
+                "Write the shipped migrations with Supabase's timestamped names "
+                "(YYYYMMDDHHMMSS_evolution_listener_NNNN_name.sql); one already there (any "
+                "timestamp) is not written again. Needs no database.")
+    p.add_argument("directory", metavar="DIR",
+                   help="the project's supabase/migrations folder (created if missing)")
+
+    p = command("install-files", "print or write the shipped unit, env example, dashboard, "
+                                 "alert rules", cmd_install_files)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--print", choices=sorted(DEPLOY_FILES), default=None,
+                      help="print one file to stdout: " + ", ".join(
+                          f"{k}={v}" for k, v in DEPLOY_FILES.items()))
+    what.add_argument("--write", metavar="DIR", default=None,
+                      help="write every file into DIR under its own name")
+    p.add_argument("--force", action="store_true",
+                   help="with --write: overwrite a file that exists with other content")
+
+    command("drain", "process every due entry once, print counts, exit (1 if any failed)",
+            cmd_drain)
+
+    p = command("provision", "provision one user now, printing each step", cmd_provision)
+    p.add_argument("user_id", metavar="USER_ID", help="the user's UUID (profiles.id)")
     p.add_argument("--force", action="store_true",
                    help="also for a completed user: adopt its instance, re-apply its webhook")
-    p.set_defaults(func=cmd_provision)
 
-    p = sub.add_parser("stats", help="the seed's monitoring figures")
+    p = command("stats", "the seed's monitoring figures", cmd_stats)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--recent", type=int, default=10, help="recent failures to list")
-    p.set_defaults(func=cmd_stats)
+    p.add_argument("--recent", type=int, default=10, metavar="N",
+                   help="recent failures to list")
 
-    p = sub.add_parser("retry", help="reset a failed/completed user (or all failed) to pending")
-    p.add_argument("user_id", metavar="USER_ID", nargs="?")
-    p.add_argument("--all-failed", action="store_true")
-    p.set_defaults(func=cmd_retry)
+    p = command("retry", "reset a failed/completed user (or all failed) to pending", cmd_retry)
+    p.add_argument("user_id", metavar="USER_ID", nargs="?",
+                   help="the user's UUID; omit with --all-failed")
+    p.add_argument("--all-failed", action="store_true",
+                   help="reset every failed entry to pending (retry count 0)")
 
-    p = sub.add_parser("cleanup", help="delete completed entries older than N days, in batches")
-    p.add_argument("--older-than", type=int, default=30, metavar="DAYS")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.set_defaults(func=cmd_cleanup)
+    p = command("cleanup", "delete completed entries older than N days, in batches",
+                cmd_cleanup)
+    p.add_argument("--older-than", type=int, default=30, metavar="DAYS",
+                   help="delete completed entries processed more than DAYS days ago")
+    p.add_argument("--batch-size", type=int, default=1000, metavar="ROWS",
+                   help="rows deleted per statement (short locks on a large table)")
 
-    p = sub.add_parser("doctor", help="check config, database, trigger, LISTEN, Evolution API")
-    p.set_defaults(func=cmd_doctor)
+    p = command("reconcile", "compare the tables with the Evolution server and report drift "
+                             "(exit 1 on drift); --apply repairs it", cmd_reconcile)
+    p.add_argument("--apply", action="store_true",
+                   help="repair the drift through the normal paths (default: dry run, "
+                        "changes nothing)")
+    p.add_argument("--delete-orphans", action="store_true",
+                   help="with --apply, also delete prefixed instances that have neither a "
+                        "profile nor an instance row (default: only reported)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object on stdout: counts, drift, applied (default: text)")
 
-    p = sub.add_parser("demo", help="the whole job on an embedded PostgreSQL and the simulator",
-                       add_help=False)
-    p.add_argument("demo_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_demo)
+    command("doctor", "check config, network, database, migrations, trigger, LISTEN, "
+                      "Evolution API", cmd_doctor)
 
-    p = sub.add_parser("simulator", help="the Evolution API simulator on its own",
-                       add_help=False)
-    p.add_argument("simulator_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_simulator)
+    p = command("demo", "the whole job on an embedded PostgreSQL and the simulator", cmd_demo,
+                "The demo's own options follow; see `evolution-listener demo --help`.")
+    p.add_argument("demo_args", nargs=argparse.REMAINDER, metavar="DEMO_ARGS",
+                   help="options of the demo itself")
+
+    p = command("simulator", "the Evolution API simulator on its own", cmd_simulator,
+                "The simulator's own options follow; see `evolution-listener simulator --help`.")
+    p.add_argument("simulator_args", nargs=argparse.REMAINDER, metavar="SIMULATOR_ARGS",
+                   help="options of the simulator itself")
     return parser
+
+
+def _take_env_file(rest: list[str]) -> tuple[str | None, list[str]]:
+    """Pull a leading `--env-file PATH` / `--env-file=PATH` off a pass-through command line."""
+    if rest and rest[0] == "--env-file" and len(rest) > 1:
+        return rest[1], rest[2:]
+    if rest and rest[0].startswith("--env-file="):
+        return rest[0].split("=", 1)[1], rest[1:]
+    return None, rest
 
 
 # Subcommands that parse their own flags: argparse.REMAINDER cannot take an option-like first
@@ -350,12 +494,14 @@ _PASSTHROUGH = {"demo": cmd_demo, "simulator": cmd_simulator}
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(argv) if argv is not None else sys.argv[1:]
     if argv and argv[0] in _PASSTHROUGH:
-        rest = argv[1:]
-        args = argparse.Namespace(command=argv[0], func=_PASSTHROUGH[argv[0]],
+        env_file, rest = _take_env_file(argv[1:])
+        args = argparse.Namespace(command=argv[0], func=_PASSTHROUGH[argv[0]], env_file=env_file,
                                   demo_args=rest, simulator_args=rest)
     else:
         args = build_parser().parse_args(argv)
     try:
+        if args.env_file is not None:
+            load_env_file(args.env_file)
         code: int = args.func(args)
         return code
     except ConfigError as error:
@@ -365,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"database unreachable: {one_line(error)}")
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as error:  # the last line of defence: one line, no traceback
         from listener.ops.logging import redact_text
 

@@ -102,6 +102,12 @@ def split_host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def default_pool_size(concurrency: int) -> int:
+    """In-flight attempts (at most 16 hold a connection at once) plus the claim loop and one
+    spare for the completion batcher and the gauges."""
+    return min(concurrency, 16) + 2
+
+
 def _check_http_url(value: str, name: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -184,6 +190,11 @@ class Settings(DatabaseSettings):
     )
 
     concurrency: int = Field(default=8, ge=1, le=1024, validation_alias="LISTENER_CONCURRENCY")
+    # None = default_pool_size(concurrency). Explicit so the connection budget against a
+    # capped pooler (Supabase session pooler: the project's Pool Size) is the operator's.
+    db_pool_size: int | None = Field(
+        default=None, ge=2, le=1000, validation_alias="LISTENER_DB_POOL_SIZE"
+    )
     sweep_interval_s: float = Field(
         default=300.0, gt=0, le=86400, validation_alias="LISTENER_SWEEP_INTERVAL_S"
     )
@@ -211,6 +222,17 @@ class Settings(DatabaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias="LISTENER_LOG_LEVEL"
+    )
+    # SPEC §9: off leaves deleted users' instances in place (reconcile reports orphan_row).
+    deprovision_setting: Literal["on", "off"] = Field(
+        default="on", validation_alias="LISTENER_DEPROVISION"
+    )
+    reconcile_interval_s: float = Field(
+        default=3600.0, ge=0, le=7 * 86400, validation_alias="LISTENER_RECONCILE_INTERVAL_S"
+    )
+    # "<N>" journald priority prefixes on log lines (auto: when stdout is the journal stream).
+    log_syslog_prefix: Literal["auto", "on", "off"] = Field(
+        default="auto", validation_alias="LISTENER_LOG_SYSLOG_PREFIX"
     )
     cleanup_schedule: str | None = Field(default=None, validation_alias="LISTENER_CLEANUP_AT")
     cleanup_older_than_days: int = Field(
@@ -243,15 +265,38 @@ class Settings(DatabaseSettings):
         """Every Evolution server, in the file's order; never empty."""
         return self._servers
 
+    @field_validator("db_pool_size", mode="before")
+    @classmethod
+    def _auto_pool(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", mode="before")
+    @field_validator("log_format", "log_syslog_prefix", mode="before")
     @classmethod
     def _lower_format(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("deprovision_setting", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        """on/off as SPEC §5 writes it; true/false, yes/no and 1/0 mean the same."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("on", "true", "yes", "1"):
+                return "on"
+            if lowered in ("off", "false", "no", "0"):
+                return "off"
+        return value
+
+    @property
+    def deprovision(self) -> bool:
+        return self.deprovision_setting == "on"
 
     @field_validator("evolution_api_base_url")
     @classmethod
@@ -307,6 +352,16 @@ class Settings(DatabaseSettings):
                 "(more than twice LISTENER_HTTP_TIMEOUT_S)"
             )
         return self
+
+    @property
+    def pool_size(self) -> int:
+        """Connections of the work pool (the LISTEN connection is one more)."""
+        return self.db_pool_size or default_pool_size(self.concurrency)
+
+    @property
+    def connections_per_replica(self) -> int:
+        """Every PostgreSQL connection one replica may hold: the pool plus LISTEN."""
+        return self.pool_size + 1
 
     @property
     def webhook_url(self) -> str:
@@ -374,3 +429,50 @@ def load_settings(model: type[SettingsT], env: Mapping[str, str] | None = None) 
         raise ConfigError(describe_validation_error(model, error)) from None
     finally:
         _ENVIRON.reset(token)
+
+
+class EnvFileError(ConfigError):
+    """An --env-file that cannot be read or parsed."""
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """KEY=VALUE lines as systemd's EnvironmentFile reads them (the subset operators use).
+
+    '#' or ';' starts a comment only at the beginning of a line; a value in matching single
+    or double quotes is unquoted; `export KEY=...` is accepted. A line without '=' is an
+    error naming its line number (never its content: it may be a secret).
+    """
+    found: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise EnvFileError(f"line {number} is not KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in ('"', "'"):
+            value = value[1:-1]
+        found[key] = value
+    return found
+
+
+def load_env_file(path: str, environ: dict[str, str] | None = None) -> None:
+    """Put an EnvironmentFile's variables into the process environment (they win over what
+    is already set, as in a systemd unit); one clear line (EnvFileError, exit 78) otherwise."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise EnvFileError(
+            f"--env-file {path}: cannot read it ({error.strerror or type(error).__name__})"
+        ) from None
+    except UnicodeDecodeError:
+        raise EnvFileError(f"--env-file {path}: not UTF-8 text") from None
+    try:
+        values = parse_env_file(text)
+    except EnvFileError as error:
+        raise EnvFileError(f"--env-file {path}: {error}") from None
+    (os.environ if environ is None else environ).update(values)
+

@@ -25,12 +25,25 @@ from listener.config import (
     transaction_pooler_reason,
 )
 from listener.db import queries
-from listener.db.migrate import pending_migrations
+from listener.db.migrate import MigrationState, migration_states
+from listener.dbhost import (
+    SESSION_POOLER_ADVICE,
+    Endpoint,
+    Kind,
+    Probe,
+    classify,
+    endpoint_of,
+    ipv6_only_unreachable,
+    probe_reachability,
+)
 from listener.evolution.client import EvolutionClient
 from listener.evolution.errors import AuthError, EvolutionError
 from listener.text import one_line
 
 CHECK_TIMEOUT_S = 5.0
+# Supabase's default Pool Size (Database settings) on the smaller compute sizes: the session
+# pooler refuses clients beyond it, per role and database, across every replica.
+SUPABASE_DEFAULT_POOL_SIZE = 15
 
 
 @dataclass(frozen=True)
@@ -44,9 +57,51 @@ def _line(error: BaseException) -> str:
     return one_line(error, 300)
 
 
+def connection_budget(settings: Settings, kind: Kind) -> tuple[str, str]:
+    """Pure: the budget line (level, detail): connections one replica may open, and whether
+    that fits a Supabase session pooler's default Pool Size."""
+    total = settings.connections_per_replica
+    detail = (f"{total} connections per replica (pool {settings.pool_size} "
+              f"[LISTENER_DB_POOL_SIZE] + 1 LISTEN); N replicas need N x {total}")
+    if kind is not Kind.SUPABASE_SESSION_POOLER:
+        return "ok", detail + " within the server's max_connections"
+    if total > SUPABASE_DEFAULT_POOL_SIZE:
+        return "warn", (f"{detail}: more than the session pooler's default Pool Size "
+                        f"({SUPABASE_DEFAULT_POOL_SIZE}) -> lower LISTENER_DB_POOL_SIZE or "
+                        "raise Pool Size in the Supabase database settings")
+    return "ok", detail + " within the project's Pool Size (Supabase database settings)"
+
+
+def pooler_user_warning(endpoint: Endpoint, kind: Kind) -> str | None:
+    """Pure: the Supabase session pooler names the project in the user (`<role>.<ref>`)."""
+    if kind is not Kind.SUPABASE_SESSION_POOLER or "." in endpoint.user:
+        return None
+    role = endpoint.user or "evolution_listener_svc"
+    return (f"the session pooler expects the user as <role>.<project-ref> (e.g. "
+            f"{role}.<project-ref>), not {endpoint.user or 'none'!r}")
+
+
+def migrations_line(states: list[MigrationState]) -> tuple[str, str]:
+    """Pure: the migrations line from each migration's state."""
+    missing = [s for s in states if not s.applied]
+    if missing:
+        first = missing[0]
+        return "fail", (f"not applied: {', '.join(s.filename for s in missing)} "
+                        f"({first.filename}: missing {', '.join(first.missing[:3])}) -> run "
+                        "`evolution-listener migrate` with an owner's DSN, or apply the "
+                        "files of `evolution-listener export-migrations`")
+    recognised = [s for s in states if not s.recorded]
+    if recognised:
+        return "ok", (f"all {len(states)} applied ({len(recognised)} recognised from the "
+                      "schema: applied outside the runner, e.g. supabase/migrations)")
+    return "ok", f"all {len(states)} applied"
+
+
 class Doctor:
-    def __init__(self, env: Mapping[str, str], out: TextIO) -> None:
+    def __init__(self, env: Mapping[str, str], out: TextIO,
+                 probe: Probe = probe_reachability) -> None:
         self.env = env
+        self.probe = probe
         self.out = out
         self.checks: list[Check] = []
         self.config_failed = False
@@ -71,7 +126,7 @@ class Doctor:
             except ConfigError:
                 database = None
         if database is not None:
-            await self._database_checks(database)
+            await self._database_checks(database, settings)
         if settings is not None:
             await self._api_checks(settings)
             self._webhook_check(settings)
@@ -79,13 +134,46 @@ class Doctor:
             return EX_CONFIG
         return 1 if any(c.level == "fail" for c in self.checks) else 0
 
-    async def _database_checks(self, database: DatabaseSettings) -> None:
+    async def _network_check(self, database: DatabaseSettings,
+                             settings: Settings | None) -> bool:
+        """Connection kind, budget, and an IPv6-only host from an IPv4-only machine; False
+        when connecting is pointless."""
+        endpoint = endpoint_of(database.dsn)
+        if endpoint is None:
+            return True
+        kind = classify(endpoint)
+        self.report("ok", "connection kind", f"{kind.value} ({endpoint.host or 'socket'}:"
+                                             f"{endpoint.port})")
+        if settings is not None:
+            level, detail = connection_budget(settings, kind)
+            self.report(level, "connection budget", detail)
+        warning = pooler_user_warning(endpoint, kind)
+        if warning:
+            self.report("warn", "pooler user", warning)
+        if kind is Kind.UNIX_SOCKET:
+            return True
+        try:  # DNS can hang: off the loop, bounded; the connect below reports a slow DNS
+            found = await asyncio.wait_for(
+                asyncio.to_thread(self.probe, endpoint.host, endpoint.port), CHECK_TIMEOUT_S)
+        except TimeoutError:
+            return True
+        if ipv6_only_unreachable(found):
+            self.report("fail", "database network",
+                        f"{endpoint.host} has only IPv6 addresses and this machine has no "
+                        f"IPv6 route -> {SESSION_POOLER_ADVICE}")
+            return False
+        return True
+
+    async def _database_checks(self, database: DatabaseSettings,
+                               settings: Settings | None = None) -> None:
         shown = database.dsn_for_display
         reason = transaction_pooler_reason(database.dsn)
         if reason:
             self.report("fail", "not a transaction pooler", f"DATABASE_URL {reason}")
             return
         self.report("ok", "not a transaction pooler", "LISTEN can work through this DSN")
+        if not await self._network_check(database, settings):
+            return
         try:
             conn = await asyncio.wait_for(
                 psycopg.AsyncConnection.connect(database.dsn, autocommit=True,
@@ -93,24 +181,21 @@ class Doctor:
                 CHECK_TIMEOUT_S + 1,
             )
         except (psycopg.Error, OSError, TimeoutError) as error:
-            self.report("fail", "database reachable",
-                        f"{shown}: {_line(error)} -> check host, port, credentials, firewall")
+            advice = "check host, port, credentials, firewall"
+            if "network is unreachable" in str(error).lower():
+                advice = f"no route to the host (IPv6-only?) -> {SESSION_POOLER_ADVICE}"
+            self.report("fail", "database reachable", f"{shown}: {_line(error)} -> {advice}")
             return
         async with conn:
             version = conn.info.parameter_status("server_version") or "?"
             self.report("ok", "database reachable", f"PostgreSQL {version} at {shown}")
             try:
-                missing = await pending_migrations(database.dsn)
+                states = await migration_states(database.dsn)
             except psycopg.Error as error:
                 self.report("fail", "migrations current", _line(error))
-                missing = []
             else:
-                if missing:
-                    self.report("fail", "migrations current",
-                                f"not applied: {', '.join(missing)} -> run "
-                                "`evolution-listener migrate` with an owner's DSN")
-                else:
-                    self.report("ok", "migrations current", "all applied")
+                level, detail = migrations_line(states)
+                self.report(level, "migrations current", detail)
             await self._trigger_check(conn)
             await self._listen_check(conn)
 
@@ -195,5 +280,6 @@ class Doctor:
                         "JWTs will reject the deliveries")
 
 
-async def run_doctor(env: Mapping[str, str], out: TextIO | None = None) -> int:
-    return await Doctor(env, out or sys.stdout).run()
+async def run_doctor(env: Mapping[str, str], out: TextIO | None = None,
+                     probe: Probe = probe_reachability) -> int:
+    return await Doctor(env, out or sys.stdout, probe).run()

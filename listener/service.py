@@ -29,6 +29,8 @@ from listener.db.store import CreationStore
 from listener.evolution.client import EvolutionClient
 from listener.evolution.models import WebhookSpec
 from listener.lifecycle.provision import Provisioner, creation_kind
+from listener.lifecycle.reconcile import ReconcileOptions, Reconciler
+from listener.lifecycle.reconcile.scheduler import ReconcileScheduler
 from listener.ops.http import OpsServer
 from listener.ops.metrics import Metrics, WorkMetrics
 from listener.ops.sdnotify import SystemdNotifier
@@ -70,8 +72,7 @@ def attempt_config(settings: Settings) -> AttemptConfig:
 
 
 def make_pool(settings: Settings, *, max_size: int | None = None) -> AsyncConnectionPool:
-    return db_pool.make_pool(settings.dsn,
-                             max_size=max_size or min(settings.concurrency, 16) + 2)
+    return db_pool.make_pool(settings.dsn, max_size=max_size or settings.pool_size)
 
 
 def make_client(settings: Settings, metrics: Metrics | None = None) -> EvolutionClient:
@@ -114,6 +115,9 @@ class Service:
             integration=settings.integration,
             prefix=settings.instance_prefix,
         )
+        options = ReconcileOptions.from_settings(settings, self.provisioner.webhook)
+        self.reconcile = ReconcileScheduler(settings.dsn, Reconciler(
+            self.pool, self.client, options), self.metrics, settings.reconcile_interval_s)
         self.creation = creation_kind(self.store, self.provisioner, settings.webhook_url,
                                       list(WEBHOOK_EVENTS))
         self.worker = ClaimLoop(loop_config(settings), [self.creation], attempt_config(settings),
@@ -189,11 +193,12 @@ class Service:
         worker_task = asyncio.create_task(self.worker.run(self.stop), name="worker")
         house_task = asyncio.create_task(self._housekeeping(worker_task, listen_task),
                                          name="housekeeping")
+        reconcile_task = asyncio.create_task(self.reconcile.run(self.stop), name="reconcile")
         rescue_task = asyncio.create_task(self.rescuer.run(), name="rescue")
         try:
             await worker_task
         finally:
-            tasks = [rescue_task, house_task, listen_task]
+            tasks = [rescue_task, house_task, listen_task, reconcile_task]
             if self._cleanup_task is not None:
                 tasks.append(self._cleanup_task)
             for task in tasks:

@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,31 +19,30 @@ from typing import Any
 import psycopg
 
 from listener.config import Settings, load_settings
-from listener.embedded_pg import free_port
+from listener.dev import process
+from listener.dev.process import ServiceProcess
 from listener.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# Quick timeouts and retries, so failure paths finish within a test's time.
+TEST_TUNING = {
+    "LISTENER_HTTP_TIMEOUT_S": "2",
+    "LISTENER_LEASE_S": "10",
+    "LISTENER_RETRY_BASE_MS": "50",
+    "LISTENER_SHUTDOWN_GRACE_S": "5",
+}
 
 
 def service_env(
     dsn: str, api_base_url: str, api_key: str, *, metrics_port: int | None = None,
     **overrides: Any,
 ) -> dict[str, str]:
-    env = {
-        "DATABASE_URL": dsn,
-        "EVOLUTION_API_BASE_URL": api_base_url,
-        "EVOLUTION_API_KEY": api_key,
-        "SUPABASE_URL": "https://project-ref.supabase.co",
-        "LISTENER_METRICS_ADDR": f"127.0.0.1:{metrics_port or free_port()}",
-        "LISTENER_LOG_FORMAT": "json",
-        "LISTENER_LOG_LEVEL": "INFO",
-        "LISTENER_HTTP_TIMEOUT_S": "2",
-        "LISTENER_LEASE_S": "10",
-        "LISTENER_RETRY_BASE_MS": "50",
-        "LISTENER_SHUTDOWN_GRACE_S": "5",
-    }
-    env.update({k: str(v) for k, v in overrides.items()})
-    return env
+    """The shared builder (listener/dev/process.py) with the tests' quick tuning."""
+    return process.service_env(
+        dsn, api_base_url, api_key, metrics_port=metrics_port, **{**TEST_TUNING, **overrides}
+    )
 
 
 def settings_from(env: Mapping[str, str]) -> Settings:
@@ -89,89 +82,9 @@ class InProcessService:
         return await asyncio.wait_for(self.task, 30)
 
 
-def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-class ServiceProcess:
-    """`python -m listener run` in its own process, output captured to a file."""
-
-    def __init__(self, env: Mapping[str, str], *, extra_env: Mapping[str, str] | None = None,
-                 command: tuple[str, ...] = ("run",)) -> None:
-        self.env = dict(env)
-        full = {k: v for k, v in os.environ.items()
-                if k not in ("TEST_DATABASE_URL", "NOTIFY_SOCKET")}
-        full.update(self.env)
-        full.update(extra_env or {})
-        full["PYTHONUNBUFFERED"] = "1"
-        self.output_path = Path(tempfile.mkstemp(prefix="listener-out-", suffix=".log")[1])
-        self._out = self.output_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "listener", *command],
-            env=full, stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-        self.metrics_url = f"http://{self.env['LISTENER_METRICS_ADDR']}"
-        self._final_output: str | None = None
-
-    @property
-    def output(self) -> str:
-        if self._final_output is not None:
-            return self._final_output
-        self._out.flush()
-        return self.output_path.read_text(errors="replace")
-
-    def readyz(self) -> tuple[int, bytes]:
-        return _get(f"{self.metrics_url}/readyz")
-
-    def metrics(self) -> str:
-        return _get(f"{self.metrics_url}/metrics")[1].decode()
-
-    def wait_ready(self, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited ({self.proc.returncode}):\n{self.output}")
-            with contextlib.suppress(OSError):
-                if self.readyz()[0] == 200:
-                    return
-            time.sleep(0.05)
-        raise AssertionError(f"service not ready in {timeout_s}s:\n{self.output[-3000:]}")
-
-    def signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(sig)
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        finally:
-            self.close()
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.close()
-
-    def close(self) -> None:
-        """Kill if still running; keep the output in memory, remove the file."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        if self._final_output is None:
-            self._out.close()
-            self._final_output = self.output_path.read_text(errors="replace")
-            self.output_path.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def service_process(env: Mapping[str, str], **kwargs: Any) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess(env, **kwargs)
+    proc = ServiceProcess(env, cwd=ROOT, **kwargs)
     try:
         yield proc
     finally:

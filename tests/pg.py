@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from listener.db.migrate import migrate
-from listener.embedded_pg import EmbeddedPostgres
+from listener.dev.embedded_pg import EmbeddedPostgres
 
 SERVICE_LOGIN_ROLE = "el_test_service"
 SERVICE_LOGIN_PASSWORD = "el-test-service-pw"

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from listener.dev.simulator import Simulator, SimulatorOptions, running_simulator
 from listener.evolution import EvolutionClient
-from listener.simulator import Simulator, SimulatorOptions, running_simulator
 
 __all__ = [
     "CONTRACT_CANDIDATES",

@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from importlib import resources
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
 
 from listener.db import queries
+from listener.db.markers import markers_by_version
+from listener.shipped import ShippedFilesMissing, shipped_directory
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -48,13 +50,10 @@ class MigrationReport:
 
 def sql_directory() -> Path:
     """Where the .sql files are: inside the installed package, else the checkout's sql/."""
-    packaged = resources.files("listener") / "sql"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    checkout = Path(__file__).resolve().parents[2] / "sql"
-    if checkout.is_dir():
-        return checkout
-    raise MigrationError("no sql/ directory found next to the package: broken installation")
+    try:
+        return shipped_directory("sql")
+    except ShippedFilesMissing as error:
+        raise MigrationError(str(error)) from None
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:
@@ -105,19 +104,113 @@ async def migrate(dsn: str, directory: Path | None = None) -> MigrationReport:
                         f"{migration.filename} failed and was rolled back: {detail}"
                     ) from error
                 applied.append(migration.filename)
+            await conn.execute(queries.HARDEN_MIGRATIONS_TABLE)
         finally:
             await conn.execute(queries.MIGRATION_UNLOCK, {"key": queries.MIGRATION_LOCK_KEY})
     return MigrationReport(applied=applied, already=already, changed=changed)
 
 
-async def pending_migrations(dsn: str) -> list[str]:
-    """Files not yet applied to this database (for `doctor`)."""
+@dataclass(frozen=True)
+class MigrationState:
+    """One migration as doctor sees it: recorded by the runner, recognised from the schema
+    (applied through supabase/migrations or psql), or missing (`missing` names what)."""
+
+    filename: str
+    recorded: bool
+    missing: tuple[str, ...]
+
+    @property
+    def applied(self) -> bool:
+        return self.recorded or not self.missing
+
+
+async def migration_states(dsn: str) -> list[MigrationState]:
+    """Every shipped migration's state on this database (catalog reads only)."""
     migrations = load_migrations()
+    markers = markers_by_version([(m.version, m.sql) for m in migrations])
+    states: list[MigrationState] = []
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        recorded: set[str] = set()
         cursor = await conn.execute(queries.MIGRATIONS_TABLE_EXISTS)
         row = await cursor.fetchone()
-        if row is None or not row[0]:
-            return [m.filename for m in migrations]
-        cursor = await conn.execute(queries.SELECT_APPLIED_MIGRATIONS)
-        recorded = {r[0] for r in await cursor.fetchall()}
-    return [m.filename for m in migrations if m.version not in recorded]
+        if row is not None and row[0]:
+            cursor = await conn.execute(queries.SELECT_APPLIED_MIGRATIONS)
+            recorded = {r[0] for r in await cursor.fetchall()}
+        for migration in migrations:
+            wanted = markers[migration.version]
+            missing: tuple[str, ...] = ("no marker object to recognise it by",)
+            if wanted:
+                cursor = await conn.execute(queries.MISSING_MARKERS, {
+                    "kinds": [m.kind for m in wanted],
+                    "names": [m.name for m in wanted],
+                    "parents": [m.parent for m in wanted],
+                })
+                missing = tuple(_describe(r[0], r[1], r[2]) for r in await cursor.fetchall())
+            states.append(MigrationState(migration.filename,
+                                         migration.version in recorded, missing))
+    return states
+
+
+def _describe(kind: str, name: str, parent: str) -> str:
+    return f"{kind} {name}" + (f" on {parent}" if parent else "")
+
+
+async def pending_migrations(dsn: str) -> list[str]:
+    """Files neither recorded by the runner nor recognisable from the schema."""
+    return [state.filename for state in await migration_states(dsn) if not state.applied]
+
+
+# --- supabase/migrations export ----------------------------------------------------------
+
+SUPABASE_NAME_RE = re.compile(r"^(\d{14})_evolution_listener_(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What `export-migrations` does: files to write (name, text) and ones already there."""
+
+    write: list[tuple[str, str]]
+    present: list[str]
+    differs: list[str]
+
+
+def plan_supabase_export(migrations: list[Migration], existing: list[str],
+                         existing_text: dict[str, str], now: datetime) -> ExportPlan:
+    """Pure: Supabase names (`YYYYMMDDHHMMSS_evolution_listener_NNNN_name.sql`) for the
+    migrations not yet in the folder, one second apart from `now` so they sort in order;
+    a migration already exported (under any timestamp) is never written twice, since
+    Supabase would apply it again."""
+    exported = {}
+    for name in existing:
+        match = SUPABASE_NAME_RE.match(name)
+        if match:
+            exported[match.group(2)] = name
+    newest = max((SUPABASE_NAME_RE.match(n).group(1)  # type: ignore[union-attr]
+                  for n in exported.values()), default="")
+    start = now
+    if newest and newest >= now.strftime("%Y%m%d%H%M%S"):
+        start = datetime.strptime(newest, "%Y%m%d%H%M%S") + timedelta(seconds=1)
+    write: list[tuple[str, str]] = []
+    present: list[str] = []
+    differs: list[str] = []
+    for migration in migrations:
+        if migration.version in exported:
+            name = exported[migration.version]
+            present.append(name)
+            if existing_text.get(name, migration.sql) != migration.sql:
+                differs.append(name)
+            continue
+        stamp = (start + timedelta(seconds=len(write))).strftime("%Y%m%d%H%M%S")
+        write.append((f"{stamp}_evolution_listener_{migration.filename}", migration.sql))
+    return ExportPlan(write, present, differs)
+
+
+def export_supabase(directory: Path, now: datetime) -> ExportPlan:
+    """Write the shipped migrations into a `supabase/migrations/` folder (created if needed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in directory.iterdir() if SUPABASE_NAME_RE.match(p.name))
+    texts = {name: (directory / name).read_text("utf-8") for name in names}
+    plan = plan_supabase_export(load_migrations(), names, texts, now)
+    for name, text in plan.write:
+        (directory / name).write_text(text, "utf-8")
+    return plan

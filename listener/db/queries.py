@@ -40,6 +40,63 @@ INSERT INTO public.evolution_listener_migrations (version, name, checksum)
 VALUES (%(version)s, %(name)s, %(checksum)s)
 """
 
+# The runner's table is in `public`, so on Supabase the Data API could reach it: RLS on with
+# no policy (only the owner and BYPASSRLS roles read it) and no grant to PUBLIC, anon or
+# authenticated. Run on every `migrate`, so tables created by earlier releases get it too.
+# 0002 grants SELECT to evolution_listener (doctor, run as the service, reads the table):
+# a policy lets that role see the rows. Run after the migrations, which create the role.
+# Idempotent.
+HARDEN_MIGRATIONS_TABLE: Final = """
+DO $$
+BEGIN
+    ALTER TABLE public.evolution_listener_migrations ENABLE ROW LEVEL SECURITY;
+    REVOKE ALL ON public.evolution_listener_migrations FROM PUBLIC;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
+        REVOKE ALL ON public.evolution_listener_migrations FROM anon;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
+        REVOKE ALL ON public.evolution_listener_migrations FROM authenticated;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'evolution_listener')
+       AND NOT EXISTS (
+           SELECT 1 FROM pg_catalog.pg_policy
+           WHERE polname = 'evolution_listener_migrations_read'
+             AND polrelid = 'public.evolution_listener_migrations'::regclass) THEN
+        CREATE POLICY evolution_listener_migrations_read ON public.evolution_listener_migrations
+            FOR SELECT TO evolution_listener USING (true);
+    END IF;
+END
+$$
+"""
+
+# Which of a migration's marker objects (listener/db/markers.py) are missing: recognises a
+# schema applied outside the runner (supabase/migrations, psql). Catalog reads only, so the
+# service's own role can run it.
+MISSING_MARKERS: Final = """
+SELECT m.kind, m.name, m.parent
+FROM unnest(%(kinds)s::text[], %(names)s::text[], %(parents)s::text[]) AS m(kind, name, parent)
+WHERE NOT CASE m.kind
+    WHEN 'table' THEN pg_catalog.to_regclass(m.name) IS NOT NULL
+    WHEN 'index' THEN pg_catalog.to_regclass(m.name) IS NOT NULL
+    WHEN 'function' THEN EXISTS (
+        SELECT 1 FROM pg_catalog.pg_proc p
+        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname || '.' || p.proname = m.name)
+    WHEN 'trigger' THEN EXISTS (
+        SELECT 1 FROM pg_catalog.pg_trigger t
+        WHERE t.tgname = m.name AND t.tgrelid = pg_catalog.to_regclass(m.parent))
+    WHEN 'policy' THEN EXISTS (
+        SELECT 1 FROM pg_catalog.pg_policy p
+        WHERE p.polname = m.name AND p.polrelid = pg_catalog.to_regclass(m.parent))
+    WHEN 'column' THEN EXISTS (
+        SELECT 1 FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = pg_catalog.to_regclass(m.parent) AND a.attname = m.name
+          AND a.attnum > 0 AND NOT a.attisdropped)
+    WHEN 'role' THEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = m.name)
+    ELSE false
+END
+"""
+
 # --- the listener connection ----------------------------------------------------------------
 
 LISTEN: Final = f'LISTEN "{CHANNEL}"'
@@ -477,3 +534,97 @@ SELECT COALESCE((SELECT server FROM placed), server) AS server
 FROM public.evolution_instance_creation_queue
 {_PLACEMENT_FENCE}
 """
+
+# =============================================================================================
+# --- the instance's whole life: deprovision and reconcile (SPEC §9; migration 0005) ---------
+# =============================================================================================
+
+DELETION_CHANNEL: Final = "evolution_instance_deletion_queue"
+DELETION_TRIGGER_NAME: Final = "on_profile_deleted_delete_evolution_instance"
+LISTEN_DELETIONS: Final = f'LISTEN "{DELETION_CHANNEL}"'
+
+# One key for every replica: only one reconciles at a time (session lock, dedicated conn).
+RECONCILE_LOCK_KEY: Final = 0x65766F6C72656300  # "evolrec\0"
+RECONCILE_TRY_LOCK: Final = "SELECT pg_catalog.pg_try_advisory_lock(%(key)s) AS locked"
+RECONCILE_UNLOCK: Final = "SELECT pg_catalog.pg_advisory_unlock(%(key)s) AS unlocked"
+
+# The desired state, read by name (dict_row). One pass each; cost grows with the fleet.
+RECONCILE_PROFILES: Final = "SELECT id AS user_id FROM public.profiles"
+RECONCILE_CREATIONS: Final = """
+SELECT user_id, status FROM public.evolution_instance_creation_queue
+"""
+RECONCILE_INSTANCE_ROWS: Final = """
+SELECT user_id, instance_name, instance_id, instance_token, webhook_url, webhook_events
+FROM public.evolution_instances
+"""
+RECONCILE_DELETIONS: Final = """
+SELECT user_id, status FROM public.evolution_instance_deletion_queue
+"""
+
+# unprovisioned_profile / missing_instance, step 1: a new pending creation row, and the
+# NOTIFY the signup trigger would have sent. Nothing when the user already has a row.
+REQUEUE_CREATION_INSERT: Final = f"""
+WITH queued AS (
+    INSERT INTO public.evolution_instance_creation_queue (user_id)
+    VALUES (%(user_id)s)
+    ON CONFLICT (user_id) DO NOTHING
+    RETURNING id, user_id
+)
+SELECT id, pg_catalog.pg_notify('{CHANNEL}',
+               json_build_object('id', id, 'user_id', user_id)::text) AS notified
+FROM queued
+"""
+# Step 2 for an existing finished row: the seed's manual retry, so the queue trigger makes it
+# due and notifies. A pending or processing row is already on its way: left alone.
+REQUEUE_CREATION_RETRY: Final = RETRY_USER
+
+# The repair of a missing instance is remembered: a second one for the same user means the
+# server deletes instances by itself (DEL_INSTANCE), which must be said, not hidden.
+RECORD_MISSING_REPAIR: Final = """
+INSERT INTO public.evolution_instance_repairs AS r (user_id, instance_name, missing_count)
+VALUES (%(user_id)s, %(instance_name)s, 1)
+ON CONFLICT (user_id) DO UPDATE
+SET missing_count = r.missing_count + 1,
+    instance_name = EXCLUDED.instance_name,
+    last_missing_at = now()
+RETURNING missing_count
+"""
+
+# instance_id_mismatch: record the server's instance (its id and token) as the truth.
+RECORD_SERVER_INSTANCE: Final = """
+INSERT INTO public.evolution_instances AS i
+    (user_id, instance_name, instance_id, integration, webhook_url, webhook_events,
+     instance_token)
+VALUES (%(user_id)s, %(instance_name)s, %(instance_id)s, %(integration)s, %(webhook_url)s,
+        %(webhook_events)s, %(instance_token)s)
+ON CONFLICT (user_id) DO UPDATE
+SET instance_name = EXCLUDED.instance_name,
+    instance_id = EXCLUDED.instance_id,
+    integration = COALESCE(EXCLUDED.integration, i.integration),
+    instance_token = EXCLUDED.instance_token,
+    updated_at = now()
+"""
+
+# webhook_drift, after the webhook was set again at the server: record what is configured.
+RECORD_WEBHOOK: Final = """
+UPDATE public.evolution_instances
+SET webhook_url = %(webhook_url)s, webhook_events = %(webhook_events)s, updated_at = now()
+WHERE user_id = %(user_id)s
+"""
+
+# orphan_row: deprovision through the same SQL function the deletion trigger uses (a
+# finished row is re-armed, a pending or in-flight one left; NOTIFY at commit). NULL: left.
+QUEUE_DELETION: Final = """
+SELECT public.evolution_queue_instance_deletion(%(user_id)s, %(instance_name)s) AS queued_id
+"""
+
+# `stats`: deletions shown apart from the seed's creation figures.
+DELETION_STATS_BY_STATUS: Final = """
+SELECT status, COUNT(*) AS count, AVG(retry_count)::float8 AS avg_retries
+FROM public.evolution_instance_deletion_queue
+GROUP BY status
+ORDER BY status
+"""
+
+# The four reads of the desired state see one snapshot (first statement of the transaction).
+RECONCILE_SNAPSHOT: Final = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"

@@ -50,6 +50,9 @@ __all__ = ["KEY_CHECK_INSTANCE_NAME", "EvolutionClient"]
 # answers 404 with a good key and 401 with a bad one.
 KEY_CHECK_INSTANCE_NAME = "evolution-listener:key-check"
 _USER_AGENT = "evolution-listener/0.1 (+aiohttp)"
+# fetchInstances has no pagination: every row in one body (~1.3 KB a row with its settings).
+# 64 MiB holds about 50,000 instances, well above the 10,000 reconcile is sized for.
+FETCH_ALL_MAX_BYTES = 64 * 1_048_576
 _NAME_MAX = 255
 
 
@@ -96,6 +99,11 @@ def _check_name(name: str) -> str:
     if not name or name != name.strip() or len(name) > _NAME_MAX:
         raise ValueError("instance name must be 1-255 characters without surrounding spaces")
     return name
+
+
+def _json(value: str) -> str:
+    """One JSON string value, encoded as every request body is (UTF-8, no ASCII escaping)."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _segment(name: str) -> str:
@@ -215,19 +223,20 @@ class EvolutionClient:
         required by WHATSAPP-BUSINESS only. A taken name raises `AlreadyExistsError`.
         """
         op = "create_instance"
-        body: dict[str, Any] = {
-            "instanceName": _check_name(name),
-            "integration": integration,
-            "qrcode": False,
-        }
+        # The JSON of {"instanceName", "integration", "qrcode": false, ["token"], ["number"],
+        # ["webhook"]}, assembled around the webhook's JSON, which is encoded once per spec.
+        parts = ['{"instanceName":', _json(_check_name(name)), ',"integration":',
+                 _json(integration), ',"qrcode":false']
         if token is not None:
-            body["token"] = token
+            parts += [',"token":', _json(token)]
         if number is not None:
-            body["number"] = number
+            parts += [',"number":', _json(number)]
         if webhook is not None:
-            body["webhook"] = webhook.body(include_empty_headers=False)
+            parts += [',"webhook":', webhook.body_json(include_empty_headers=False)]
+        parts.append("}")
         extra = [token, *(webhook.headers.values() if webhook else ())]
-        data = await self._call(op, "POST", "/instance/create", json_body=body, secrets=extra)
+        data = await self._call(op, "POST", "/instance/create", raw_json="".join(parts),
+                                secrets=extra)
         instance = _dict(data, op, "body")
         inner = _dict(instance.get("instance"), op, "instance")
         token_value = instance.get("hash")
@@ -251,8 +260,8 @@ class EvolutionClient:
         """
         op = "set_webhook"
         path = f"/webhook/set/{_segment(_check_name(name))}"
-        body = {"webhook": webhook.body(include_empty_headers=True)}
-        data = await self._call(op, "POST", path, json_body=body, secrets=webhook.headers.values())
+        body = f'{{"webhook":{webhook.body_json(include_empty_headers=True)}}}'
+        data = await self._call(op, "POST", path, raw_json=body, secrets=webhook.headers.values())
         return _webhook_state(data, op)
 
     async def find_webhook(self, name: str) -> WebhookState | None:
@@ -295,6 +304,35 @@ class EvolutionClient:
                 connection_status=status if isinstance(status, str) else None,
             )
         return None
+
+    async def fetch_instances(self) -> list[InstanceInfo]:
+        """GET /instance/fetchInstances, every instance of this server, in one answer.
+
+        No pagination exists, so the body may be large: it is read with its own bound
+        (`FETCH_ALL_MAX_BYTES`). Each row's token is kept out of every repr.
+        """
+        op = "fetch_instances"
+        data = await self._call(
+            op, "GET", "/instance/fetchInstances", max_body_bytes=FETCH_ALL_MAX_BYTES
+        )
+        if not isinstance(data, list):
+            raise InvalidResponseError("fetchInstances answer is not an array", operation=op)
+        found: list[InstanceInfo] = []
+        for row in data:
+            item = _dict(row, op, "row")
+            token = item.get("token")
+            status = item.get("connectionStatus")
+            integration = item.get("integration")
+            found.append(
+                InstanceInfo(
+                    instance_name=_str(item.get("name"), op, "row.name"),
+                    instance_id=_str(item.get("id"), op, "row.id"),
+                    integration=integration if isinstance(integration, str) else "",
+                    token=token if isinstance(token, str) else None,
+                    connection_status=status if isinstance(status, str) else None,
+                )
+            )
+        return found
 
     async def delete_instance(self, name: str) -> None:
         """DELETE /instance/delete/{name} (200). 404 raises `NotFoundError`.
@@ -346,16 +384,18 @@ class EvolutionClient:
         path: str,
         *,
         params: Mapping[str, str] | None = None,
-        json_body: Any = None,
+        raw_json: str | None = None,
         auth: bool = True,
         secrets: Iterable[str | None] = (),
+        max_body_bytes: int | None = None,
     ) -> Any:
-        """One request: returns the parsed JSON of a 2xx answer, or raises a typed error."""
+        """One request: returns the parsed JSON of a 2xx answer, or raises a typed error.
+        `raw_json` is the request body, already JSON (see `_json`)."""
         secret_list = self._secrets(secrets)
         started = time.perf_counter()
         try:
             answer = await self._send(
-                operation, method, path, params, json_body, auth, secret_list
+                operation, method, path, params, raw_json, auth, secret_list, max_body_bytes
             )
         except ServiceUnavailableError as error:
             self._observe(operation, started, str(error.kind))
@@ -389,9 +429,10 @@ class EvolutionClient:
         method: str,
         path: str,
         params: Mapping[str, str] | None,
-        json_body: Any,
+        raw_json: str | None,
         auth: bool,
         secret_list: list[str | None],
+        max_body_bytes: int | None = None,
     ) -> _Answer:
         await self.start()
         session = self._session
@@ -400,8 +441,8 @@ class EvolutionClient:
         if auth:
             headers["apikey"] = self._key.get()
         data: bytes | None = None
-        if json_body is not None:
-            data = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode()
+        if raw_json is not None:
+            data = raw_json.encode()
             headers["Content-Type"] = "application/json"
         url = URL(self._base_url + path, encoded=True)
         if params:
@@ -416,7 +457,7 @@ class EvolutionClient:
             async with session.request(
                 method, url, data=data, headers=headers, allow_redirects=False
             ) as resp:
-                body = await self._read_bounded(resp, operation, secret_list)
+                body = await self._read_bounded(resp, operation, secret_list, max_body_bytes)
                 return _Answer(
                     resp.status,
                     resp.headers.get("Content-Type"),
@@ -460,14 +501,20 @@ class EvolutionClient:
             ) from None
 
     async def _read_bounded(
-        self, resp: aiohttp.ClientResponse, operation: str, secret_list: list[str | None]
+        self,
+        resp: aiohttp.ClientResponse,
+        operation: str,
+        secret_list: list[str | None],
+        limit_bytes: int | None = None,
     ) -> bytes:
-        """Read at most `max_body_bytes`; a larger body is an error and drops the connection."""
-        limit = self._max_body_bytes
+        """Read at most `max_body_bytes` (or this call's own bound); a larger body is an error
+        and drops the connection."""
+        limit = limit_bytes or self._max_body_bytes
         declared = resp.content_length
         if declared is not None and declared > limit:
             resp.close()
-            raise self._too_large(resp, f"{declared} bytes declared", operation, secret_list)
+            raise self._too_large(resp, f"{declared} bytes declared; limit {limit}", operation,
+                                  secret_list)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -478,7 +525,8 @@ class EvolutionClient:
             size += len(chunk)
             if size > limit:
                 resp.close()
-                raise self._too_large(resp, f"more than {limit} bytes", operation, secret_list)
+                raise self._too_large(resp, f"more than {limit} bytes; limit {limit}", operation,
+                                      secret_list)
         return b"".join(chunks)
 
     def _too_large(
@@ -489,7 +537,7 @@ class EvolutionClient:
         secret_list: list[str | None],
     ) -> EvolutionError:
         ctype = (resp.headers.get("Content-Type") or "no content type").split(";")[0]
-        detail = f"answer body too large ({ctype}, {what}; limit {self._max_body_bytes})"
+        detail = f"answer body too large ({ctype}, {what})"
         if resp.status >= 500:
             return error_for_status(
                 resp.status,

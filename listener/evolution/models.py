@@ -6,6 +6,7 @@ every `repr`, so a value logged by mistake does not leak them.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,6 +72,10 @@ class WebhookSpec:
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     by_events: bool = False
     base64: bool = False
+    # body_json() results: the spec is frozen, so its JSON is encoded once per service,
+    # not once per request (two requests per provisioned user carry it).
+    _json: dict[bool, str] = field(default_factory=dict, init=False, repr=False,
+                                   compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not _HTTP_URL.match(self.url) or len(self.url) > 500:
@@ -100,6 +105,15 @@ class WebhookSpec:
         if self.headers or include_empty_headers:
             payload["headers"] = dict(self.headers)
         return payload
+
+    def body_json(self, *, include_empty_headers: bool) -> str:
+        """`body()` as compact JSON (the client's encoding), computed once per spec."""
+        cached = self._json.get(include_empty_headers)
+        if cached is None:
+            cached = json.dumps(self.body(include_empty_headers=include_empty_headers),
+                                separators=(",", ":"), ensure_ascii=False)
+            self._json[include_empty_headers] = cached
+        return cached
 
 
 @dataclass(frozen=True)

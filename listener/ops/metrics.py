@@ -113,7 +113,7 @@ class Metrics:
     - `evolution_request_duration`: evolution_listener_evolution_request_duration_seconds;
       operation
     - `evolution_errors`: evolution_listener_evolution_errors_total; operation, status
-    - `queue_depth`: evolution_listener_queue_depth; status
+    - `queue_depth`: evolution_listener_queue_depth; state
     - `oldest_pending_age`: evolution_listener_oldest_pending_age_seconds
     - `listen_connected`: evolution_listener_listen_connected (0/1)
     - `listen_reconnects`: evolution_listener_listen_reconnects_total
@@ -123,7 +123,10 @@ class Metrics:
     - `claimed`: evolution_listener_claimed_entries_total (rows, not statements)
     - `backoff_active`: evolution_listener_backoff_active (0/1)
     - `build_info`: evolution_listener_build_info; version, python
-    plus evolution_listener_process_* (memory, CPU, file descriptors).
+    plus the standard process_* collector (memory, CPU, file descriptors).
+
+    Label `status` is only ever an HTTP outcome (evolution_errors); the queue gauge's label
+    is `state` (a queue row's status), so one name never means two things.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, version: str | None = None):
@@ -164,14 +167,16 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "queue_depth",
-            "Queue entries by status, as last read from the database.",
-            ["status"],
+            "Queue entries by state (the row's status column), as last read from the database. "
+            "Database-wide: every replica exports the same value, aggregate with max().",
+            ["state"],
             namespace=ns,
             registry=reg,
         )
         self.oldest_pending_age = Gauge(
             "oldest_pending_age_seconds",
-            "Age of the oldest pending queue entry in seconds (0 when none is pending).",
+            "Age of the oldest pending queue entry in seconds (0 when none is pending). "
+            "Database-wide: aggregate with max().",
             namespace=ns,
             registry=reg,
         )
@@ -228,16 +233,18 @@ class Metrics:
         self.build_info.info(
             {"version": version or listener.__version__, "python": platform.python_version()}
         )
-        _ProcessCollector(namespace=ns, registry=reg)
+        # The standard `process_*` names (no prefix), which stock dashboards and alerts know.
+        _ProcessCollector(registry=reg)
 
         for outcome in OUTCOMES:
             self.provisioned.labels(outcome=outcome)
         self.rescued.labels(kind="creation")
         self._queue_statuses: set[str] = set(QUEUE_STATUSES)
         for status in QUEUE_STATUSES:
-            self.queue_depth.labels(status=status).set(0)
+            self.queue_depth.labels(state=status).set(0)
         self.listen_connected.set(0)
         self.backoff_active.set(0)
+        self._init_lifecycle_metrics()
 
     def refresh_queue_gauges(
         self, counts: Mapping[str, int], oldest_pending_age_s: float | None
@@ -250,7 +257,7 @@ class Metrics:
         """
         self._queue_statuses.update(counts)
         for status in self._queue_statuses:
-            self.queue_depth.labels(status=status).set(counts.get(status, 0))
+            self.queue_depth.labels(state=status).set(counts.get(status, 0))
         age = oldest_pending_age_s if oldest_pending_age_s is not None else 0.0
         self.oldest_pending_age.set(max(0.0, age))
 
@@ -261,6 +268,47 @@ class Metrics:
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 
+    # --- the instance's whole life (SPEC §9) ------------------------------------------------
+
+    def _init_lifecycle_metrics(self) -> None:
+        """Reconcile's figures (the kinds are reconcile's to name: it presets them at 0).
+
+        - `drift`: evolution_listener_drift; kind
+        - `last_reconcile`: evolution_listener_last_reconcile_timestamp_seconds (0: never)
+        - `instances_vanished_again`: evolution_listener_instances_vanished_again_total
+        """
+        ns, reg = NAMESPACE, self.registry
+        self.drift = Gauge(
+            "drift",
+            "Differences between the desired and the observed state at the last reconcile.",
+            ["kind"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.last_reconcile = Gauge(
+            "last_reconcile_timestamp_seconds",
+            "Unix time the last reconcile of this replica finished (0: none yet).",
+            namespace=ns,
+            registry=reg,
+        )
+        self.instances_vanished_again = Counter(
+            "instances_vanished_again",
+            "Instances missing again after reconcile re-created them: the Evolution server "
+            "deletes instances by itself (as DEL_INSTANCE does).",
+            namespace=ns,
+            registry=reg,
+        )
+
+    def set_drift(self, counts: Mapping[str, int]) -> None:
+        """The drift gauges, one per kind, from one reconcile's counts."""
+        for kind, count in counts.items():
+            self.drift.labels(kind=kind).set(count)
+
+    def reconciled(self, finished_at: float) -> None:
+        self.last_reconcile.set(finished_at)
+
+    def vanished_again(self) -> None:
+        self.instances_vanished_again.inc()
 
 class WorkMetrics:
     """The core's `WorkObserver`, exported as these metrics. The metric names predate other

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from listener.simulator import ScriptedFault, Simulator, SimulatorOptions, SimulatorThread
+from listener.dev.simulator import ScriptedFault, Simulator, SimulatorOptions, SimulatorThread
 from tests.harness import service_env
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from listener.config import WEBHOOK_EVENTS
-from listener.embedded_pg import free_port
-from listener.simulator import SimulatorThread
+from listener.dev.embedded_pg import free_port
+from listener.dev.simulator import SimulatorThread
 from tests.e2e.cli_helpers import (
     ROOT,
     SEED_FAILED_SQL,
@@ -46,7 +46,7 @@ from tests.harness import ServiceProcess, instance_rows, queue_rows, signup
 from tests.pg import SERVICE_LOGIN_PASSWORD, TestDatabase, with_database
 
 SUBCOMMANDS = ("run", "migrate", "drain", "provision", "stats", "retry", "cleanup", "doctor",
-               "simulator")
+               "simulator", "reconcile")
 SECRET_KEY = "cli-test-key-0f9e8d7c"
 
 
@@ -88,8 +88,8 @@ def test_help_on_every_subcommand_exits_0() -> None:
             assert f"evolution-listener {result.args[0]}" in result.stdout, str(result)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("listener.demo") is None,
-                    reason="listener/demo.py is not in this checkout yet")
+@pytest.mark.skipif(importlib.util.find_spec("listener.dev.demo") is None,
+                    reason="listener/dev/demo/ is not in this checkout yet")
 def test_demo_help_exits_0() -> None:
     result = run_cli("demo", "--help", env={})
     assert result.code == 0, str(result)
@@ -414,7 +414,7 @@ def test_stats_matches_the_seed_monitoring_sql(db: TestDatabase) -> None:
     assert "(queue is empty)" in empty_text.out_lines, str(empty_text)
     assert "oldest pending: none" in empty_text.out_lines, str(empty_text)
     assert json.loads(empty_json.stdout) == {"by_status": {}, "oldest_pending_age_s": None,
-                                             "recent_failures": []}
+                                             "recent_failures": [], "deletions": {}}
 
     groups = _mixed_queue(db.dsn)
     pending = groups["pending"][1]
@@ -562,7 +562,8 @@ def _checks(result: CliResult) -> dict[str, tuple[str, str]]:
     return checks
 
 
-DOCTOR_CHECKS = {"config", "not a transaction pooler", "database reachable",
+DOCTOR_CHECKS = {"config", "not a transaction pooler", "connection kind", "connection budget",
+                 "database reachable",
                  "migrations current", "signup trigger", "LISTEN/NOTIFY",
                  "Evolution API reachable", "Evolution API key", "webhook URL"}
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,16 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _leftovers() -> set[str]:
-    tmp = Path(tempfile.gettempdir())
-    return {p.name for p in tmp.glob("evolution-listener-*")}
+@pytest.fixture
+def own_tmpdir() -> Iterator[Path]:
+    """A TMPDIR for the demo alone: the shared /tmp also holds other runs' servers. Mode 755
+    so the embedded server's unprivileged user (when root) can reach its directory."""
+    path = Path(tempfile.mkdtemp(prefix="el-demo-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _number(pattern: str, text: str) -> int:
@@ -32,11 +41,11 @@ def _number(pattern: str, text: str) -> int:
     return int(match[1])
 
 
-def test_demo_small_run_exits_0_with_everything_accounted_for() -> None:
-    before = _leftovers()
+def test_demo_small_run_exits_0_with_everything_accounted_for(own_tmpdir: Path) -> None:
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "TEST_DATABASE_URL", "NOTIFY_SOCKET")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["TMPDIR"] = str(own_tmpdir)
     result = subprocess.run(
         [sys.executable, "-m", "listener", "demo", "--signups", "30", "--rate", "30"],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -68,4 +77,4 @@ def test_demo_small_run_exits_0_with_everything_accounted_for() -> None:
     assert not re.search(r"^\s+pending \|", out, re.MULTILINE)
 
     # Everything it started is gone: no server directory, no demo directory.
-    assert _leftovers() - before == set()
+    assert sorted(p.name for p in own_tmpdir.iterdir()) == []

@@ -12,7 +12,7 @@ import json
 import uuid
 
 from listener.config import WEBHOOK_EVENTS
-from listener.embedded_pg import free_port
+from listener.dev.embedded_pg import free_port
 from tests.e2e.cli_helpers import (
     Transcript,
     add_fault,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from listener.simulator import SimulatorThread
+from listener.dev.simulator import SimulatorThread
 from tests.e2e.cli_helpers import (
     add_fault,
     env_for,
@@ -116,12 +116,14 @@ def test_readyz_follows_the_listen_connection_and_metrics_count_what_happened(
                      operation="create_instance")
     assert creates == 6
     for queue_status in ("pending", "processing", "completed", "failed"):
-        sample(samples, PREFIX + "queue_depth", status=queue_status)  # exported, even at 0
+        sample(samples, PREFIX + "queue_depth", state=queue_status)  # exported, even at 0
     sample(samples, PREFIX + "oldest_pending_age_seconds")
     errors = [v for (name, _), v in samples.items() if name == PREFIX + "evolution_errors_total"]
     assert sum(errors) == 0
     names = {name for name, _ in samples}
-    assert all(name.startswith(PREFIX) for name in names), sorted(names)
+    # Ours, and prometheus-client's standard process collector under its standard names.
+    assert all(name.startswith((PREFIX, "process_")) for name in names), sorted(names)
+    assert "process_resident_memory_bytes" in names
 
 
 def test_metrics_count_failures_by_outcome_and_status(
@@ -193,8 +195,8 @@ def test_sd_notify_ready_watchdog_stopping_in_order(
     db: TestDatabase, sim: SimulatorThread, notify_socket: tuple[socket.socket, str]
 ) -> None:
     sock, path = notify_socket
-    service = ServiceProcess(env_for(db.service_dsn, sim),
-                             extra_env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+    service = ServiceProcess({**env_for(db.service_dsn, sim),
+                              "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
     messages: list[tuple[float, str]] = []
     try:
         _receive(sock, "READY=1", 20, messages)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from listener.simulator import SimulatorOptions, SimulatorThread
+from listener.dev.simulator import SimulatorOptions, SimulatorThread
 from tests.harness import (
     ServiceProcess,
     instance_rows,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from listener.simulator import Simulator, SimulatorOptions, SimulatorThread
+from listener.dev.simulator import Simulator, SimulatorOptions, SimulatorThread
 from tests.harness import (
     ServiceProcess,
     instance_rows,

@@ -117,7 +117,7 @@ async def test_metrics_are_prometheus_text_and_live(
         for sample in family.samples
     }
     assert samples[("evolution_listener_provisioned_total", (("outcome", "completed"),))] == 3
-    assert samples[("evolution_listener_queue_depth", (("status", "pending"),))] == 4
+    assert samples[("evolution_listener_queue_depth", (("state", "pending"),))] == 4
     assert samples[("evolution_listener_oldest_pending_age_seconds", ())] == 1.5
 
 

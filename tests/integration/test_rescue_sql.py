@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from listener.db import queries
 from listener.db.liveness import liveness_lock_held
 from listener.db.store import LeaseStore
-from listener.simulator import SimulatorOptions, running_simulator
+from listener.dev.simulator import SimulatorOptions, running_simulator
 from tests.harness import InProcessService, service_env, wait_until
 from tests.pg import TestDatabase
 
@@ -143,3 +143,21 @@ async def test_a_rescued_row_keeps_its_place_before_a_later_backlog(db: TestData
         assert await store.rescue_dead() == 1
         [first], _ = await store.claim(1)
     assert first.id == rescued_id and first.reclaimed
+
+
+async def test_the_deletion_queue_gets_the_same_rescue_from_the_template(
+    db: TestDatabase,
+) -> None:
+    deletions = queries.JobTable(table="evolution_instance_deletion_queue",
+                                 channel="evolution_instance_deletion_queue")
+    [(entry_id,)] = db.query(
+        "INSERT INTO evolution_instance_deletion_queue "
+        "(user_id, status, lease_owner, attempts, lease_expires_at, next_attempt_at) "
+        "VALUES (%s, 'processing', 'dead-owner', 1, now() + interval '60 seconds', "
+        "now() + interval '60 seconds') RETURNING id", (uuid.uuid4(),))
+    async with AsyncConnectionPool(db.service_dsn, kwargs={"autocommit": True},
+                                   min_size=1, max_size=1) as pool:
+        store = LeaseStore(pool, "survivor", lease_s=60, table=deletions)
+        assert await store.rescue_dead() == 1
+        [entry], _ = await store.claim(5)
+    assert entry.id == entry_id and entry.reclaimed and entry.claim_seq == 2

@@ -57,8 +57,9 @@ def test_second_signup_for_a_queued_user_adds_no_row_and_no_notification(
     db: TestDatabase,
 ) -> None:
     user_id = uuid.uuid4()
-    db.query("INSERT INTO profiles (id) VALUES (%s)", (user_id,))
-    db.query("DELETE FROM profiles WHERE id = %s", (user_id,))
+    # Queued already (e.g. by `provision USER_ID`); a profile delete would now take a
+    # pending row with it (0005: a deleted user's creation not yet started is moot).
+    db.query("INSERT INTO evolution_instance_creation_queue (user_id) VALUES (%s)", (user_id,))
     with db.connect() as listener:
         _listen(listener)
         db.query("INSERT INTO profiles (id) VALUES (%s)", (user_id,))

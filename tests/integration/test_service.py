@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from listener.config import WEBHOOK_EVENTS
-from listener.simulator import ScriptedFault, Simulator, SimulatorOptions, running_simulator
+from listener.dev.simulator import ScriptedFault, Simulator, SimulatorOptions, running_simulator
 from tests.harness import (
     InProcessService,
     instance_rows,

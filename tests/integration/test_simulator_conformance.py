@@ -17,21 +17,35 @@ request was not recorded but follows from the label and the answer) and `LEFT_OU
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from jsonschema import Draft202012Validator
 
 from listener.config import WEBHOOK_EVENTS as CONFIG_EVENTS
+from listener.dev.simulator import (
+    INSTANCE_SCHEMA,
+    WEBHOOK_EVENTS,
+    WEBHOOK_SCHEMA,
+    Simulator,
+    SimulatorOptions,
+    SimulatorThread,
+    build_parser,
+    options_from_args,
+    running_simulator,
+)
+from listener.dev.simulator.schema import CREATE_FLAT_EVENTS, js_json_error
 from listener.evolution import (
     ALL_WEBHOOK_EVENTS,
     EvolutionClient,
@@ -39,16 +53,6 @@ from listener.evolution import (
     TransientError,
     WebhookSpec,
 )
-from listener.simulator import (
-    INSTANCE_SCHEMA,
-    WEBHOOK_EVENTS,
-    WEBHOOK_SCHEMA,
-    Simulator,
-    SimulatorOptions,
-    SimulatorThread,
-    running_simulator,
-)
-from listener.simulator.schema import CREATE_FLAT_EVENTS, js_json_error
 from tests import simulator_fixtures
 
 # The shared fixture, bound here so this module does not depend on a conftest.
@@ -84,21 +88,30 @@ RACE_BODY = {
     "webhook": {"url": "http://127.0.0.1:18999/hook/race1", "events": ["INSTANCE_CREATE"]},
 }
 
-# What happened on the real server between two recorded exchanges, replayed as a simulator
-# action just before the labelled exchange. The simulator runs with a long delete delay, so
-# deleted names stay "in use" (as observed) until the cleanup is declared finished here.
-BEFORE: dict[str, tuple[str, Callable[[Simulator], object]]] = {
+async def _pass_time(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def _restart(sim: Simulator) -> None:
+    sim.restart()
+
+
+# What happened on the real server between two recorded exchanges, replayed just before the
+# labelled exchange. The simulator runs with DEFAULT options: deleted names stay "in use" for
+# its default delete delay (1 s; recorded: in use a few ms after, gone 1.5 s after), and u20's
+# delete is held by its REMOVE_INSTANCE delivery to the receiver answering 500, retried.
+BEFORE: dict[str, tuple[str, Callable[[Simulator], Awaitable[None]]]] = {
     "conn-state-u1-1.5s-after-delete": (
-        "1.5 s passed: u1's delete cleanup finished",
-        lambda sim: sim.complete_deletes("u1"),
+        "1.5 s passed: u1's delete cleanup finished by itself",
+        lambda sim: _pass_time(1.5),
     ),
     "fetch-by-instanceId": (
-        "u30's delete cleanup finished (its webhook does not subscribe REMOVE_INSTANCE)",
-        lambda sim: sim.complete_deletes("u30"),
+        "1.5 s passed since u30's delete (its webhook does not subscribe REMOVE_INSTANCE)",
+        lambda sim: _pass_time(1.5),
     ),
     "after-restart-conn-state-u20-(delete-was-pending)": (
         "the server restarted; u20's delete was still pending (its webhook kept failing)",
-        lambda sim: sim.restart(),
+        _restart,
     ),
 }
 
@@ -217,10 +230,46 @@ def compare_envelope(sim: Any, rec: dict[str, Any], ids: Identities, problems: l
         problems.append(f"message {got_text} != {json.dumps(want)}")
 
 
+RECORDED_RECEIVER = "127.0.0.1:18999"
+
+
+@contextlib.asynccontextmanager
+async def webhook_receiver() -> AsyncIterator[str]:
+    """The recording's webhook receiver (127.0.0.1:18999 there), on a free port here:
+    `/fail500/...` answers 500, `/fail404/...` 404, anything else 200. Its address replaces
+    the recorded one in request bodies, and the recorded one is put back in answers."""
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        if request.path.startswith("/fail500"):
+            return web.Response(status=500)
+        if request.path.startswith("/fail404"):
+            return web.Response(status=404)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 class Replayer:
-    def __init__(self, sim: Simulator, session: aiohttp.ClientSession, contract: dict[str, Any]):
+    def __init__(
+        self,
+        sim: Simulator,
+        session: aiohttp.ClientSession,
+        contract: dict[str, Any],
+        receiver: str = RECORDED_RECEIVER,
+    ):
         self.sim = sim
         self.session = session
+        self.receiver = receiver
         self.ids = Identities()
         self.envelope_schema = Draft202012Validator(
             contract["conventions"]["error_envelope_schema"]
@@ -246,10 +295,11 @@ class Replayer:
         url = self.sim.base_url + self.ids.to_sim(path)
         data = raw if raw is not None else None if body is None else json.dumps(body).encode()
         if data is not None:
+            data = data.replace(RECORDED_RECEIVER.encode(), self.receiver.encode())
             headers = {**headers, "Content-Type": "application/json"}
         async with self.session.request(method, url, data=data, headers=headers) as resp:
             text = await resp.text()
-            return resp.status, json.loads(text)
+            return resp.status, json.loads(text.replace(self.receiver, RECORDED_RECEIVER))
 
     async def exchange(self, ex: dict[str, Any]) -> list[str]:
         label = ex["label"]
@@ -344,17 +394,19 @@ async def test_replay_observed_exchanges(evolution_contract: dict[str, Any]) -> 
 
     failures: dict[str, list[str]] = {}
     replayed = 0
-    options = SimulatorOptions(seed=7, delete_delay_s=3600.0)
+    options = SimulatorOptions()  # the defaults: what `evolution-listener simulator` runs
+    assert options_from_args(build_parser().parse_args([])) == options
     async with (
+        webhook_receiver() as receiver,
         running_simulator(options) as sim,
         aiohttp.ClientSession() as session,
     ):
-        replayer = Replayer(sim, session, evolution_contract)
+        replayer = Replayer(sim, session, evolution_contract, receiver)
         for ex in ordered(exchanges):
             if ex["label"] in LEFT_OUT:
                 continue
             if ex["label"] in BEFORE:
-                BEFORE[ex["label"]][1](sim)
+                await BEFORE[ex["label"]][1](sim)
             problems = await replayer.exchange(ex)
             replayed += 1
             if problems:
@@ -471,7 +523,7 @@ async def test_simulator_answers_quickly_under_load() -> None:
 def test_cli_main_serves_until_sigterm() -> None:
     """`main()` binds 127.0.0.1 by default, serves, and exits 0 on SIGTERM."""
     code = (
-        "import sys; from listener.simulator import main; "
+        "import sys; from listener.dev.simulator import main; "
         "sys.exit(main(['--port', '0', '--api-key', 'cli-key', '--seed', '1']))"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
@@ -561,7 +613,7 @@ async def test_control_endpoints_over_http() -> None:
         assert "evo-1" not in sim.instances
         status, state = await control("/_sim/reset", {})
         assert state["instances"] == 0 and state["requests_total"] == 0
-        assert sim.options.delete_delay_s == 0.0  # back to the options given at start
+        assert sim.options.delete_delay_s == 1.0  # back to the options given at start
 
 
 async def test_rates_are_deterministic_per_seed() -> None:

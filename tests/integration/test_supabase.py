@@ -232,12 +232,15 @@ def test_service_role_can_do_its_work_and_nothing_more(supabase_db: str) -> None
         )
         conn.execute(queries.LISTEN)
         conn.execute("SELECT pg_notify('evolution_instance_creation_queue', '{}')")
+        # 0005: the deletion job removes a deleted user's row; reconcile reads profile ids.
+        conn.execute("SELECT id FROM public.profiles")
+        conn.execute("DELETE FROM evolution_instances WHERE user_id = %s", (uuid.uuid4(),))
         # Nothing more.
         forbidden = [
             "SELECT * FROM auth.users",
             "SELECT * FROM public.profiles",
             "INSERT INTO public.profiles (id) VALUES (gen_random_uuid())",
-            "DELETE FROM evolution_instances",
+            "DELETE FROM public.profiles",
             "TRUNCATE evolution_instance_creation_queue",
             "DROP TABLE evolution_instances",
             "ALTER TABLE evolution_instance_creation_queue DISABLE ROW LEVEL SECURITY",

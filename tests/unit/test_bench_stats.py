@@ -1,4 +1,4 @@
-"""The statistics behind the demo's summary and the benchmark figures (listener/demo_stats.py).
+"""The statistics behind the demo's summary and the benchmark figures (listener/dev/demo/stats.py).
 
 Percentiles must agree with PostgreSQL's `percentile_cont` (linear interpolation between
 closest ranks), because the README compares figures from both.
@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from listener.demo_stats import format_duration_ms, percentile, rate_per_s, ratio, summarize
+from listener.dev.demo.stats import format_duration_ms, percentile, rate_per_s, ratio, summarize
 
 pytestmark = pytest.mark.unit
 

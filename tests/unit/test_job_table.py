@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit
 DELETIONS = JobTable(table="evolution_instance_deletion_queue",
                      channel="evolution_instance_deletion_queue")
 STATEMENTS = ("claim_due", "claim_user", "schedule_retry", "fail", "release", "work_depth",
-              "failed_count")
+              "failed_count", "rescue_dead")
 
 
 @pytest.mark.parametrize("name", STATEMENTS)
@@ -29,7 +29,7 @@ def test_every_transition_out_of_processing_is_fenced_on_the_claim(name: str) ->
     assert "attempts = %(claim_seq)s" in sql
 
 
-@pytest.mark.parametrize("name", ("schedule_retry", "release"))
+@pytest.mark.parametrize("name", ("schedule_retry", "release", "rescue_dead"))
 def test_other_replicas_are_told_on_the_tables_own_channel(name: str) -> None:
     sql = getattr(DELETIONS, name)
     assert "evolution_listener_notify('evolution_instance_deletion_queue', id, user_id)" in sql

@@ -307,3 +307,28 @@ def test_empty_secrets_are_ignored() -> None:
     configure_logging("json", "INFO", ["", "  "], stream=stream)
     get_logger("t").info("nothing to mask here")
     assert _json_lines(stream)[0]["msg"] == "nothing to mask here"
+
+
+def _redact_every_pattern(text: str) -> str:
+    """The redaction without the fast path: every DSN pattern on every text."""
+    from listener.ops import logging as ops_logging
+
+    text = ops_logging._REGISTRY.mask(text)
+    text = ops_logging._DSN_URL_PASSWORD.sub(rf"\1:{ops_logging.MASK}@", text)
+    return ops_logging._DSN_KV_PASSWORD.sub(rf"\1{ops_logging.MASK}", text)
+
+
+@pytest.mark.parametrize("text", [
+    "evo-1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+    "postgres://svc:pw@db/app",
+    "POSTGRESQL://svc:p%40ss@db:5432/app?sslmode=require",
+    "postgresql://db/app?password=hunter2",
+    "host=db password = 'a b' port=5432",
+    "Password=x",
+    "no dsn here, just text with : and // and ?",
+    "user@example.com wrote a=b",
+    "",
+])
+def test_redaction_fast_path_changes_nothing(text: str) -> None:
+    """Skipping a DSN pattern when its '@' or '=' is absent gives the same text."""
+    assert redact_text(text) == _redact_every_pattern(text)

@@ -55,7 +55,7 @@ def test_every_metric_is_exported_with_its_type_and_prefix() -> None:
         assert name in families, f"missing {name}"
         assert families[name].type == kind, name
     for name in families:
-        assert name.startswith("evolution_listener_"), name
+        assert name.startswith(("evolution_listener_", "process_")), name
 
 
 def test_counters_end_in_total_and_time_is_in_seconds() -> None:
@@ -133,20 +133,20 @@ def test_refresh_queue_gauges_resets_statuses_that_disappear() -> None:
     depth = "evolution_listener_queue_depth"
     age = "evolution_listener_oldest_pending_age_seconds"
     for status in QUEUE_STATUSES:
-        assert _value(metrics, depth, status=status) == 0
+        assert _value(metrics, depth, state=status) == 0
 
     metrics.refresh_queue_gauges({"pending": 3, "failed": 2, "surprise": 1}, 12.5)
-    assert _value(metrics, depth, status="pending") == 3
-    assert _value(metrics, depth, status="failed") == 2
-    assert _value(metrics, depth, status="surprise") == 1
-    assert _value(metrics, depth, status="completed") == 0
+    assert _value(metrics, depth, state="pending") == 3
+    assert _value(metrics, depth, state="failed") == 2
+    assert _value(metrics, depth, state="surprise") == 1
+    assert _value(metrics, depth, state="completed") == 0
     assert _value(metrics, age) == 12.5
 
     metrics.refresh_queue_gauges({"completed": 5}, None)
-    assert _value(metrics, depth, status="pending") == 0
-    assert _value(metrics, depth, status="failed") == 0
-    assert _value(metrics, depth, status="surprise") == 0
-    assert _value(metrics, depth, status="completed") == 5
+    assert _value(metrics, depth, state="pending") == 0
+    assert _value(metrics, depth, state="failed") == 0
+    assert _value(metrics, depth, state="surprise") == 0
+    assert _value(metrics, depth, state="completed") == 5
     assert _value(metrics, age) == 0
 
 
@@ -178,10 +178,11 @@ def test_build_info_names_the_version() -> None:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
-def test_process_metrics_are_namespaced() -> None:
+def test_process_metrics_use_the_standard_names() -> None:
     families = _families(Metrics())
-    assert "evolution_listener_process_resident_memory_bytes" in families
-    assert "evolution_listener_process_open_fds" in families
+    assert "process_resident_memory_bytes" in families
+    assert "process_open_fds" in families
+    assert not [name for name in families if name.startswith("evolution_listener_process_")]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")

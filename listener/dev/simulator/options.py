@@ -110,7 +110,17 @@ class SimulatorOptions:
     outage_mode: OutageMode = "503"
     outage_s: float | None = None
     # Behaviour of the real server that takes time; 0 answers at once.
-    delete_delay_s: float = 0.0  # name stays "in use" after DELETE (real: ~1.5 s, or ~20 min)
+    # After DELETE the name stays "in use" and listed this long (recorded: still there a few
+    # ms later, gone 1.5 s later); longer while a REMOVE_INSTANCE delivery is retried.
+    delete_delay_s: float = 1.0
+    # Deliver REMOVE_INSTANCE on delete to a subscribing webhook on a loopback address, with
+    # the real retry schedule (5 s doubling to 300 s, 10 attempts): a retryable failure holds
+    # the delete (~20 min) as recorded for u20. Other hosts are never contacted.
+    deliver_remove_instance: bool = True
+    webhook_retry_initial_s: float = 5.0
+    webhook_max_attempts: int = 10
+    # Like DEL_INSTANCE: delete an instance not `open` this many seconds after its creation.
+    del_instance_s: float | None = None
     connect_delay_s: float = 0.0  # GET /instance/connect waits (real: 2 s, 5 s with number)
     qrcode_delay_s: float = 0.0  # create with qrcode:true waits (real: 5 s)
     seed: int | None = None
@@ -139,9 +149,19 @@ class SimulatorOptions:
             rate = getattr(self, name)
             if not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        for name in ("latency_ms", "latency_jitter_ms", "hang_max_s", "delete_delay_s"):
+        for name in (
+            "latency_ms",
+            "latency_jitter_ms",
+            "hang_max_s",
+            "delete_delay_s",
+            "webhook_retry_initial_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.del_instance_s is not None and self.del_instance_s <= 0:
+            raise ValueError("del_instance_s must be > 0 (or null for off)")
+        if self.webhook_max_attempts < 1:
+            raise ValueError("webhook_max_attempts must be >= 1")
         if self.outage_mode not in _OUTAGE_MODES:
             raise ValueError(f"outage_mode must be one of {sorted(_OUTAGE_MODES)}")
         if self.record_limit < 0:
@@ -182,7 +202,7 @@ def options_from_json(options: SimulatorOptions, data: dict[str, Any]) -> list[s
     return changed
 
 
-_NULLABLE = {"retry_after_s", "outage_s", "seed", "server_url"}
+_NULLABLE = {"retry_after_s", "outage_s", "seed", "server_url", "del_instance_s"}
 _FLOATS = {f.name for f in dataclasses.fields(SimulatorOptions) if str(f.type).startswith("float")}
 
 
@@ -191,9 +211,14 @@ def _check_type(name: str, current: Any, value: Any) -> None:
         if name in _NULLABLE:
             return
         raise ValueError(f"{name} must not be null")
-    if isinstance(current, bool) or name in ("wrong_key", "outage", "record_requests"):
+    if isinstance(current, bool) or name in (
+        "wrong_key",
+        "outage",
+        "record_requests",
+        "deliver_remove_instance",
+    ):
         ok = isinstance(value, bool)
-    elif isinstance(current, float) or name in ("retry_after_s", "outage_s"):
+    elif isinstance(current, float) or name in ("retry_after_s", "outage_s", "del_instance_s"):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
     elif isinstance(current, int) or name == "seed":
         ok = isinstance(value, int) and not isinstance(value, bool)
