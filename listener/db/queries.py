@@ -110,7 +110,8 @@ NOTIFY_SELF: Final = "SELECT pg_catalog.pg_notify(%(channel)s, %(payload)s)"
 # the session, so a process that dies (its sockets close) loses it at once and `pg_locks`
 # tells the other replicas, without superuser rights. In `pg_locks` a two-int4 advisory key
 # shows as classid = the class, objid = the hash as an unsigned oid, objsubid = 2. The class
-# differs from PLACEMENT_LOCK_CLASS and from the migration key's upper half.
+# differs from PLACEMENT_LOCK_CLASS and from the upper half of the migration and reconcile
+# keys (single bigint keys show with objsubid = 1 anyway).
 LIVENESS_LOCK_CLASS: Final = 0x65766C69  # "evli"
 TRY_LIVENESS_LOCK: Final = (
     f"SELECT pg_catalog.pg_try_advisory_lock({LIVENESS_LOCK_CLASS}, "
