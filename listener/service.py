@@ -24,9 +24,12 @@ from listener.core.attempt import AttemptConfig
 from listener.core.breaker import probe_evolution
 from listener.core.loop import ClaimLoop, LoopConfig
 from listener.db import pool as db_pool
+from listener.db import queries
+from listener.db.deletion_store import DeletionStore
 from listener.db.store import CreationStore
 from listener.evolution.client import EvolutionClient
 from listener.evolution.models import WebhookSpec
+from listener.lifecycle.deprovision import deletion_kind
 from listener.lifecycle.provision import Provisioner, creation_kind
 from listener.lifecycle.reconcile import ReconcileOptions, Reconciler
 from listener.lifecycle.reconcile.scheduler import ReconcileScheduler
@@ -117,7 +120,11 @@ class Service:
             self.pool, self.client, options), self.metrics, settings.reconcile_interval_s)
         self.creation = creation_kind(self.store, self.provisioner, settings.webhook_url,
                                       list(WEBHOOK_EVENTS))
-        self.worker = ClaimLoop(loop_config(settings), [self.creation], attempt_config(settings),
+        kinds = [self.creation]
+        if settings.deprovision:  # off: deletion rows stay pending (reconcile: orphan_row)
+            kinds.append(deletion_kind(DeletionStore(self.pool, self.owner, settings.lease_s),
+                                       self.client_for, settings.instance_prefix))
+        self.worker = ClaimLoop(loop_config(settings), kinds, attempt_config(settings),
                                 probe_for=lambda server: lambda: probe_evolution(self.client),
                                 observer=WorkMetrics(self.metrics))
         self.listen = ListenConnection(
@@ -125,12 +132,18 @@ class Service:
             on_notify=lambda note: self.worker.wake(),
             on_connected=self._on_connected,
             on_state=lambda up: self.metrics.listen_connected.set(1 if up else 0),
+            channels=(queries.CHANNEL, queries.DELETION_CHANNEL) if settings.deprovision
+            else (queries.CHANNEL,),
         )
         host, port = settings.metrics_host_port
         self.ops = OpsServer(host, port, self.metrics, self.readiness)
         self._ready_sent = False
         self._last_cleanup_day: str | None = None
         self._cleanup_task: asyncio.Task[None] | None = None
+
+    def client_for(self, server: str | None) -> EvolutionClient:
+        """The client of the server an instance lives on (one server today)."""
+        return self.client
 
     def _on_connected(self, reconnected: bool) -> None:
         if reconnected:
