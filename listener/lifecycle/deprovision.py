@@ -19,15 +19,33 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from listener.core.jobs import DEFAULT_SERVER, JobKind, StepReporter
-from listener.db.deletion_store import DeletionStore
+from listener.db.deletion_store import DeletionStore, DeletionTarget
 from listener.db.store import ClaimedEntry
-from listener.evolution.client import EvolutionClient
 from listener.evolution.errors import EvolutionError, NotFoundError, TransientError
+from listener.evolution.models import InstanceInfo
 from listener.lifecycle.provision import instance_name_for
 
-ClientFor = Callable[[str | None], EvolutionClient]
+
+class InstanceDeleter(Protocol):
+    """What a deletion needs of an Evolution client (`EvolutionClient` is one)."""
+
+    async def delete_instance(self, name: str) -> None: ...
+
+    async def fetch_instance(self, name: str) -> InstanceInfo | None: ...
+
+
+class DeletionRecords(Protocol):
+    """What a deletion needs of its store (`DeletionStore` is one)."""
+
+    async def target(self, entry: ClaimedEntry) -> DeletionTarget: ...
+
+    async def complete(self, entry: ClaimedEntry) -> float | None: ...
+
+
+ClientFor = Callable[[str | None], InstanceDeleter]
 
 # The server's own 404 for an instance (`The "x" instance does not exist`), as opposed to a
 # route that does not exist (`Cannot DELETE /...`, a proxy's page: a wrong base URL, which
@@ -53,7 +71,7 @@ class Deprovisioned:
 class DeletionJob:
     """The deletion kind's handler."""
 
-    def __init__(self, store: DeletionStore, client_for: ClientFor, prefix: str, *,
+    def __init__(self, store: DeletionRecords, client_for: ClientFor, prefix: str, *,
                  name_free_timeout_s: float = NAME_FREE_TIMEOUT_S) -> None:
         self.store = store
         self.client_for = client_for
@@ -76,7 +94,7 @@ class DeletionJob:
             await self._wait_name_free(client, name)
         return Deprovisioned(name, target.server or DEFAULT_SERVER, gone)
 
-    async def _wait_name_free(self, client: EvolutionClient, name: str) -> None:
+    async def _wait_name_free(self, client: InstanceDeleter, name: str) -> None:
         """Until the server's asynchronous cleanup has freed the name (bounded); past the
         bound the attempt fails as transient and is retried (the delete is repeated)."""
         deadline = time.monotonic() + self.name_free_timeout_s

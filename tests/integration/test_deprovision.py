@@ -17,7 +17,14 @@ import pytest
 from listener import admin
 from listener.db import pool as db_pool
 from listener.dev.simulator import ScriptedFault, Simulator, SimulatorOptions, running_simulator
-from tests.harness import InProcessService, instance_rows, queue_rows, service_env, signup, wait_until
+from tests.harness import (
+    InProcessService,
+    instance_rows,
+    queue_rows,
+    service_env,
+    signup,
+    wait_until,
+)
 from tests.pg import TestDatabase
 
 DELETION = "evolution_instance_deletion_queue"
