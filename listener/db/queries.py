@@ -260,6 +260,21 @@ WHERE status IN ('pending', 'processing')
 """
 
     @cached_property
+    def cleanup_batch(self) -> str:
+        """The seed's cleanup: one batch of `completed` rows older than the cutoff (the
+        partial index on processed_at), so no long lock is held on the queue."""
+        return f"""
+DELETE FROM {self.qualified}
+WHERE id IN (
+    SELECT id FROM {self.qualified}
+    WHERE status = 'completed'
+      AND processed_at < now() - make_interval(days => %(days)s)
+    ORDER BY processed_at
+    LIMIT %(batch)s
+)
+"""
+
+    @cached_property
     def failed_count(self) -> str:
         return f"SELECT count(*) AS failed FROM {self.qualified} WHERE status = 'failed'\n"
 
@@ -360,16 +375,7 @@ WHERE status = 'failed'
 RETURNING id
 """
 
-CLEANUP_BATCH: Final = """
-DELETE FROM public.evolution_instance_creation_queue
-WHERE id IN (
-    SELECT id FROM public.evolution_instance_creation_queue
-    WHERE status = 'completed'
-      AND processed_at < now() - make_interval(days => %(days)s)
-    ORDER BY processed_at
-    LIMIT %(batch)s
-)
-"""
+CLEANUP_BATCH: Final = CREATION_QUEUE.cleanup_batch
 
 # The seed's monitoring figures.
 STATS_BY_STATUS: Final = """
@@ -547,16 +553,7 @@ FROM done
 """
 
 # `cleanup`: finished deletions older than the cutoff, in batches, like the creation queue's.
-CLEANUP_DELETIONS_BATCH: Final = """
-DELETE FROM public.evolution_instance_deletion_queue
-WHERE id IN (
-    SELECT id FROM public.evolution_instance_deletion_queue
-    WHERE status = 'completed'
-      AND processed_at < now() - make_interval(days => %(days)s)
-    ORDER BY processed_at
-    LIMIT %(batch)s
-)
-"""
+CLEANUP_DELETIONS_BATCH: Final = DELETION_QUEUE.cleanup_batch
 
 # One key for every replica: only one reconciles at a time (session lock, dedicated conn).
 RECONCILE_LOCK_KEY: Final = 0x65766F6C72656300  # "evolrec\0"
