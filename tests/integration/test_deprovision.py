@@ -91,7 +91,10 @@ async def test_deleted_profile_is_deprovisioned_within_2s_through_notify(
         await wait_until(lambda: done(db, [user]), timeout_s=5, interval_s=0.02)
         elapsed = time.monotonic() - started
         metrics = service.service.metrics
-        completed = metrics.deprovisioned.labels(outcome="completed")._value.get()
+        completed_counter = metrics.deprovisioned.labels(outcome="completed")
+        # Counted just after the commit the rows show: wait for it, briefly.
+        await wait_until(lambda: completed_counter._value.get() >= 1, timeout_s=2)
+        completed = completed_counter._value.get()
         creations = metrics.provisioned.labels(outcome="completed")._value.get()
     finally:
         assert await service.stop() == 0
@@ -166,6 +169,8 @@ async def test_two_replicas_delete_each_instance_once_and_never_fail(
         sim.complete_deletes()
         delete_profiles(db, *users)
         await wait_until(lambda: done(db, users), timeout_s=30)
+        counters = [r.service.metrics.deprovisioned.labels(outcome="completed") for r in replicas]
+        await wait_until(lambda: sum(c._value.get() for c in counters) >= 30, timeout_s=2)
         outcomes = [
             {o: r.service.metrics.deprovisioned.labels(outcome=o)._value.get()
              for o in ("completed", "retried", "failed")} for r in replicas]
