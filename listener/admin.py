@@ -117,16 +117,15 @@ async def retry_all_failed(pool: AsyncConnectionPool) -> int:
 
 async def cleanup(pool: AsyncConnectionPool, older_than_days: int,
                   batch: int = CLEANUP_BATCH) -> int:
-    """Delete completed entries older than the cutoff, `batch` rows per short transaction,
-    so no long lock is held on the queue."""
+    """Delete completed entries older than the cutoff, creations and deletions alike,
+    `batch` rows per short transaction, so no long lock is held on either queue."""
     total = 0
-    for _ in range(CLEANUP_MAX_BATCHES):
-        async with pool.connection() as conn:
-            cursor = await conn.execute(
-                queries.CLEANUP_BATCH, {"days": older_than_days, "batch": batch}
-            )
-            deleted = cursor.rowcount
-        total += max(0, deleted)
-        if deleted < batch:
-            break
+    for statement in (queries.CLEANUP_BATCH, queries.CLEANUP_DELETIONS_BATCH):
+        for _ in range(CLEANUP_MAX_BATCHES):
+            async with pool.connection() as conn:
+                cursor = await conn.execute(statement, {"days": older_than_days, "batch": batch})
+                deleted = cursor.rowcount
+            total += max(0, deleted)
+            if deleted < batch:
+                break
     return total

@@ -25,9 +25,12 @@ from listener.core.breaker import probe_evolution
 from listener.core.loop import ClaimLoop, LoopConfig
 from listener.core.rescue import Rescuer
 from listener.db import pool as db_pool
+from listener.db import queries
+from listener.db.deletion_store import DeletionStore
 from listener.db.store import CreationStore
 from listener.evolution.client import EvolutionClient
 from listener.evolution.models import WebhookSpec
+from listener.lifecycle.deprovision import deletion_kind
 from listener.lifecycle.provision import Provisioner, creation_kind
 from listener.lifecycle.reconcile import ReconcileOptions, Reconciler
 from listener.lifecycle.reconcile.scheduler import ReconcileScheduler
@@ -120,7 +123,11 @@ class Service:
             self.pool, self.client, options), self.metrics, settings.reconcile_interval_s)
         self.creation = creation_kind(self.store, self.provisioner, settings.webhook_url,
                                       list(WEBHOOK_EVENTS))
-        self.worker = ClaimLoop(loop_config(settings), [self.creation], attempt_config(settings),
+        kinds = [self.creation]
+        if settings.deprovision:  # off: deletion rows stay pending (reconcile: orphan_row)
+            kinds.append(deletion_kind(DeletionStore(self.pool, self.owner, settings.lease_s),
+                                       self.client_for, settings.instance_prefix))
+        self.worker = ClaimLoop(loop_config(settings), kinds, attempt_config(settings),
                                 probe_for=lambda server: lambda: probe_evolution(self.client),
                                 observer=WorkMetrics(self.metrics), alive=self.alive)
         self.listen = ListenConnection(
@@ -129,6 +136,8 @@ class Service:
             on_connected=self._on_connected,
             on_state=self._on_listen_state,
             owner=self.owner,
+            channels=(queries.CHANNEL, queries.DELETION_CHANNEL) if settings.deprovision
+            else (queries.CHANNEL,),
         )
         self.rescuer = Rescuer(
             self.worker.kinds, wake=self.worker.wake,
@@ -147,6 +156,10 @@ class Service:
             self.worker.wake()
         else:
             self.alive.clear()
+
+    def client_for(self, server: str | None) -> EvolutionClient:
+        """The client of the server an instance lives on (one server today)."""
+        return self.client
 
     def _on_connected(self, reconnected: bool) -> None:
         if reconnected:

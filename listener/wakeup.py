@@ -18,7 +18,7 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -84,6 +84,7 @@ class ListenConnection:
         on_notify: Callable[[QueueNotification], None],
         on_connected: Callable[[bool], None],
         on_state: Callable[[bool], None] = lambda connected: None,
+        channels: Sequence[str] = (queries.CHANNEL,),
         probe_interval_s: float = 2.0,
         probe_timeout_s: float = 3.0,
         connect_timeout_s: float = 10.0,
@@ -95,6 +96,7 @@ class ListenConnection:
         self._on_notify = on_notify
         self._on_connected = on_connected
         self._on_state = on_state
+        self.channels = tuple(channels)
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -154,12 +156,14 @@ class ListenConnection:
 
     async def _serve(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
         await self._take_lock(conn)
-        await asyncio.wait_for(conn.execute(queries.LISTEN), self.probe_timeout_s)
+        for channel in self.channels:
+            await asyncio.wait_for(conn.execute(queries.LISTEN_ON[channel]), self.probe_timeout_s)
         reconnected = self.connections > 0
         self.connections += 1
         self._failures = 0
         self._set_connected(True)
-        log.info("listening", extra={"channel": queries.CHANNEL, "reconnect": reconnected})
+        log.info("listening", extra={"channel": ",".join(self.channels),
+                                     "reconnect": reconnected})
         self._on_connected(reconnected)
         while True:
             async for note in conn.notifies(timeout=self.probe_interval_s):
@@ -185,7 +189,7 @@ class ListenConnection:
             log.info("liveness lock taken", extra={"replica": self._owner})
 
     def _dispatch(self, note: psycopg.Notify) -> None:
-        if note.channel != queries.CHANNEL:
+        if note.channel not in self.channels:
             return
         try:
             parsed = parse_notification(note.payload)

@@ -132,6 +132,9 @@ class JobTable:
 
     table: str
     channel: str
+    # Extra condition on which due rows may be claimed (SQL starting with AND; the row is
+    # `q`): a kind's own rule that keeps an entry waiting without changing the template.
+    claim_guard: str = ""
 
     @property
     def qualified(self) -> str:
@@ -148,9 +151,9 @@ class JobTable:
         return f"""
 WITH due AS (
     SELECT id, status AS previous_status
-    FROM {self.qualified}
+    FROM {self.qualified} AS q
     WHERE status IN ('pending', 'processing')
-      AND next_attempt_at <= now()
+      AND next_attempt_at <= now(){self.claim_guard}
     ORDER BY next_attempt_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -319,6 +322,21 @@ WHERE status IN ('pending', 'processing')
 """
 
     @cached_property
+    def cleanup_batch(self) -> str:
+        """The seed's cleanup: one batch of `completed` rows older than the cutoff (the
+        partial index on processed_at), so no long lock is held on the queue."""
+        return f"""
+DELETE FROM {self.qualified}
+WHERE id IN (
+    SELECT id FROM {self.qualified}
+    WHERE status = 'completed'
+      AND processed_at < now() - make_interval(days => %(days)s)
+    ORDER BY processed_at
+    LIMIT %(batch)s
+)
+"""
+
+    @cached_property
     def failed_count(self) -> str:
         return f"SELECT count(*) AS failed FROM {self.qualified} WHERE status = 'failed'\n"
 
@@ -419,16 +437,7 @@ WHERE status = 'failed'
 RETURNING id
 """
 
-CLEANUP_BATCH: Final = """
-DELETE FROM public.evolution_instance_creation_queue
-WHERE id IN (
-    SELECT id FROM public.evolution_instance_creation_queue
-    WHERE status = 'completed'
-      AND processed_at < now() - make_interval(days => %(days)s)
-    ORDER BY processed_at
-    LIMIT %(batch)s
-)
-"""
+CLEANUP_BATCH: Final = CREATION_QUEUE.cleanup_batch
 
 # The seed's monitoring figures.
 STATS_BY_STATUS: Final = """
@@ -543,6 +552,70 @@ FROM public.evolution_instance_creation_queue
 DELETION_CHANNEL: Final = "evolution_instance_deletion_queue"
 DELETION_TRIGGER_NAME: Final = "on_profile_deleted_delete_evolution_instance"
 LISTEN_DELETIONS: Final = f'LISTEN "{DELETION_CHANNEL}"'
+# The LISTEN statement of each channel the service may wake on.
+LISTEN_ON: Final = {CHANNEL: LISTEN, DELETION_CHANNEL: LISTEN_DELETIONS}
+
+# The race rule (PLAN, SPEC §9): a deletion is not claimable while the user's creation is
+# in flight (`processing` under a live lease). It waits for that creation to finish and then
+# deletes what it created, so no instance is left behind. While it waits its row reads as
+# due but not claimable, so the loop polls it with the locked-row back-off (<= 1.6 s).
+_NO_CREATION_IN_FLIGHT: Final = """
+      AND NOT EXISTS (
+          SELECT 1 FROM public.evolution_instance_creation_queue AS c
+          WHERE c.user_id = q.user_id
+            AND c.status = 'processing'
+            AND c.lease_expires_at > now())"""
+
+DELETION_QUEUE: Final = JobTable(table="evolution_instance_deletion_queue",
+                                 channel=DELETION_CHANNEL, claim_guard=_NO_CREATION_IN_FLIGHT)
+
+# What a claimed deletion deletes: the recorded name (NULL: the service derives it) and the
+# server it lives on (0006/0007; NULL: the single server). Not in the shared claim's answer,
+# which is the same for every kind.
+DELETION_TARGET: Final = """
+SELECT instance_name, server
+FROM public.evolution_instance_deletion_queue
+WHERE id = %(id)s
+"""
+
+# A deletion done at the server: `completed`, and the user's instance row and creation row
+# removed, in one statement (one transaction), fenced on the claim like every transition.
+# The rows are removed only while the profile is still gone: a user who signed up again
+# (same id) meanwhile owns a new creation row that must not be lost. A creation that
+# completed after the profile was deleted (the race rule let it finish) is removed here.
+COMPLETE_DELETION: Final = f"""
+WITH done AS (
+    UPDATE public.evolution_instance_deletion_queue
+    SET status = 'completed',
+        processed_at = now(),
+        error_message = NULL,
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        next_attempt_at = now(),
+        updated_at = now()
+    {LEASE_IS_OURS}
+    RETURNING id, user_id, created_at
+), gone AS (
+    SELECT done.user_id FROM done
+    WHERE NOT EXISTS (SELECT 1 FROM public.profiles AS p WHERE p.id = done.user_id)
+), instance_rows AS (
+    DELETE FROM public.evolution_instances AS i USING gone
+    WHERE i.user_id = gone.user_id
+    RETURNING i.user_id
+), creation_rows AS (
+    DELETE FROM public.evolution_instance_creation_queue AS c USING gone
+    WHERE c.user_id = gone.user_id
+    RETURNING c.user_id
+)
+SELECT done.id,
+       EXTRACT(EPOCH FROM (clock_timestamp() - done.created_at))::float8 AS latency_s,
+       (SELECT count(*) FROM instance_rows) AS instance_rows,
+       (SELECT count(*) FROM creation_rows) AS creation_rows
+FROM done
+"""
+
+# `cleanup`: finished deletions older than the cutoff, in batches, like the creation queue's.
+CLEANUP_DELETIONS_BATCH: Final = DELETION_QUEUE.cleanup_batch
 
 # One key for every replica: only one reconciles at a time (session lock, dedicated conn).
 RECONCILE_LOCK_KEY: Final = 0x65766F6C72656300  # "evolrec\0"

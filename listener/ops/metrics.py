@@ -108,7 +108,8 @@ class Metrics:
     """Every metric the service exports, on its own registry.
 
     Attributes (metric name; labels):
-    - `provisioned`: evolution_listener_provisioned_total; outcome
+    - `provisioned`: evolution_listener_provisioned_total; outcome (creations only)
+    - `deprovisioned`: evolution_listener_deprovisioned_total; outcome (deletions)
     - `provisioning_latency`: evolution_listener_provisioning_latency_seconds (histogram)
     - `evolution_request_duration`: evolution_listener_evolution_request_duration_seconds;
       operation
@@ -137,6 +138,14 @@ class Metrics:
         self.provisioned = Counter(
             "provisioned",
             "Claimed queue entries by outcome "
+            "(completed, retried, failed, released back to pending without spending a retry).",
+            ["outcome"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.deprovisioned = Counter(
+            "deprovisioned",
+            "Claimed deletion entries (deleted profiles) by outcome "
             "(completed, retried, failed, released back to pending without spending a retry).",
             ["outcome"],
             namespace=ns,
@@ -238,7 +247,9 @@ class Metrics:
 
         for outcome in OUTCOMES:
             self.provisioned.labels(outcome=outcome)
-        self.rescued.labels(kind="creation")
+            self.deprovisioned.labels(outcome=outcome)
+        for kind in ("creation", "deletion"):
+            self.rescued.labels(kind=kind)
         self._queue_statuses: set[str] = set(QUEUE_STATUSES)
         for status in QUEUE_STATUSES:
             self.queue_depth.labels(state=status).set(0)
@@ -311,11 +322,12 @@ class Metrics:
         self.instances_vanished_again.inc()
 
 class WorkMetrics:
-    """The core's `WorkObserver`, exported as these metrics. The metric names predate other
-    kinds of job: they count the creation kind (provisioning) only, until a kind label is
-    added with the deletion queue."""
+    """The core's `WorkObserver`, exported as these metrics. Outcomes per kind: creations
+    in `provisioned_total` (the name predates deletions and keeps its meaning), deletions in
+    `deprovisioned_total`; the provisioning latency is the creation kind's only."""
 
     CREATION = "creation"
+    DELETION = "deletion"
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -332,6 +344,8 @@ class WorkMetrics:
     def settled(self, kind: str, outcome: str) -> None:
         if kind == self.CREATION:
             self.metrics.provisioned.labels(outcome=str(outcome)).inc()
+        elif kind == self.DELETION:
+            self.metrics.deprovisioned.labels(outcome=str(outcome)).inc()
 
     def completed_after(self, kind: str, latency_s: float) -> None:
         if kind == self.CREATION:

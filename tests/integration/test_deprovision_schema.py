@@ -189,3 +189,39 @@ def test_api_roles_see_nothing_of_the_new_tables(supabase_db: str,  # noqa: F811
                 conn.execute(f"SELECT * FROM {table}")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"UPDATE {DELETION} SET status = 'failed'")
+
+
+def _deleted_server(db: TestDatabase, user_id: uuid.UUID) -> object:
+    db.query("DELETE FROM profiles WHERE id = %s", (user_id,))
+    return db.scalar(f"SELECT server FROM {DELETION} WHERE user_id = %s", (user_id,))
+
+
+def test_0007_deletion_records_the_instance_rows_server_first(db: TestDatabase) -> None:
+    user_id = uuid.uuid4()
+    db.query("INSERT INTO profiles (id) VALUES (%s)", (user_id,))
+    db.query(f"UPDATE {CREATION} SET status = 'completed', server = 'placed' "
+             "WHERE user_id = %s", (user_id,))
+    db.query("INSERT INTO evolution_instances (user_id, instance_name, server) "
+             "VALUES (%s, %s, 'east')", (user_id, f"evo-{user_id}"))
+    assert _deleted_server(db, user_id) == "east"
+
+
+def test_0007_deletion_records_the_creations_placement_read_before_its_row_goes(
+    db: TestDatabase,
+) -> None:
+    placed, unplaced = uuid.uuid4(), uuid.uuid4()
+    db.query("INSERT INTO profiles (id) VALUES (%s), (%s)", (placed, unplaced))
+    db.query(f"UPDATE {CREATION} SET server = 'west' WHERE user_id = %s", (placed,))
+    assert _deleted_server(db, placed) == "west"
+    assert db.query(f"SELECT 1 FROM {CREATION} WHERE user_id = %s", (placed,)) == [], \
+        "the pending creation row is still removed by the trigger"
+    assert _deleted_server(db, unplaced) is None, "no server known: the single server"
+
+
+def test_0007_reconciles_queued_deletion_records_the_server_too(db: TestDatabase) -> None:
+    user_id = uuid.uuid4()
+    db.query("INSERT INTO evolution_instances (user_id, instance_name, server) "
+             "VALUES (%s, %s, 'north')", (user_id, f"evo-{user_id}"))
+    db.query(queries.QUEUE_DELETION.replace("%(user_id)s", "%s").replace(
+        "%(instance_name)s", "%s"), (user_id, f"evo-{user_id}"))
+    assert db.scalar(f"SELECT server FROM {DELETION} WHERE user_id = %s", (user_id,)) == "north"

@@ -1,7 +1,6 @@
 """Reconcile (SPEC §9) against a real PostgreSQL and the simulator over real HTTP: every drift
 kind created for real, the dry run reports exactly them and changes nothing, --apply repairs
-them through the normal paths, a second dry run reports what is left (nothing, once wave 2's
-deletion job runs)."""
+them through the normal paths (the deletion job included), a second dry run reports nothing."""
 
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ from listener.evolution import EvolutionClient, WebhookSpec
 from listener.lifecycle.reconcile import DRIFT_KINDS, ReconcileOptions, Reconciler
 from listener.lifecycle.reconcile.scheduler import ReconcileScheduler
 from listener.ops.metrics import Metrics
+from listener.reconcile_cmd import exit_code
 from listener.service import Service
 from tests.harness import InProcessService, service_env, settings_from
 from tests.pg import TestDatabase
@@ -157,9 +157,11 @@ async def test_every_kind_reported_exactly_repaired_and_gone_on_a_second_dry_run
     queued = db.query("SELECT user_id, status FROM evolution_instance_creation_queue "
                       "WHERE status = 'pending'")
     assert {u for u, _ in queued} == {*users["unprovisioned"], users["missing"]}
-    await drain(service)
+    await drain(service)  # the queued creations, and the deletion of `gone`
     assert db.scalar("SELECT status FROM evolution_instance_deletion_queue WHERE user_id = %s",
-                     (users["gone"],)) == "pending"
+                     (users["gone"],)) == "completed"
+    assert db.query("SELECT 1 FROM evolution_instances WHERE user_id = %s",
+                    (users["gone"],)) == []
     hook = sim.webhooks[name(users["hooked"])]
     assert (hook.url, set(hook.events)) == (WEBHOOK, set(WEBHOOK_EVENTS))
     recorded = db.query("SELECT instance_id, instance_token FROM evolution_instances "
@@ -172,13 +174,12 @@ async def test_every_kind_reported_exactly_repaired_and_gone_on_a_second_dry_run
     sim.complete_deletes()
     assert name(users["stranger"]) not in sim.instances
 
+    assert name(users["gone"]) not in sim.instances, "deleted by the deletion job"
+
     second = await reconciler(service).run()
-    # TODO(issue 11, wave 2): the deletion job processes the queued deletion of `gone` (its
-    # instance deleted at the server, its instance row removed); then this dry run reports
-    # zero drift: assert second.counts == dict.fromkeys(DRIFT_KINDS, 0) and no has_drift.
-    assert second.counts == {**dict.fromkeys(DRIFT_KINDS, 0), "orphan_row": 1}
-    assert [(i.kind, i.user_id) for i in second.items] == [("orphan_row", users["gone"])]
-    assert "deletion pending" in second.items[0].detail
+    assert second.counts == dict.fromkeys(DRIFT_KINDS, 0)
+    assert second.items == [] and not second.has_drift
+    assert exit_code(second) == 0
 
 
 async def test_backfill_of_a_live_product_is_one_apply(

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit
 DELETIONS = JobTable(table="evolution_instance_deletion_queue",
                      channel="evolution_instance_deletion_queue")
 STATEMENTS = ("claim_due", "claim_user", "schedule_retry", "fail", "release", "work_depth",
-              "failed_count", "rescue_dead")
+              "failed_count", "rescue_dead", "cleanup_batch")
 
 
 @pytest.mark.parametrize("name", STATEMENTS)
