@@ -309,6 +309,9 @@ class WorkMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        # Label children bound once: `labels()` per settled entry hashes and locks each time.
+        self._provisioned = {outcome: metrics.provisioned.labels(outcome=outcome)
+                             for outcome in OUTCOMES}
 
     def claimed(self, kind: str) -> None:
         self.metrics.claimed.inc()
@@ -321,7 +324,11 @@ class WorkMetrics:
 
     def settled(self, kind: str, outcome: str) -> None:
         if kind == self.CREATION:
-            self.metrics.provisioned.labels(outcome=str(outcome)).inc()
+            child = self._provisioned.get(str(outcome))
+            if child is None:
+                child = self._provisioned[str(outcome)] = self.metrics.provisioned.labels(
+                    outcome=str(outcome))
+            child.inc()
 
     def completed_after(self, kind: str, latency_s: float) -> None:
         if kind == self.CREATION:
