@@ -34,6 +34,19 @@ LOCKED_ROW_BACKOFF_S = 0.05  # doubling to 1.6 s while due rows stay locked else
 LOCKED_ROW_MAX_DOUBLINGS = 6
 STALL_LIMIT_S = 60.0  # pool wait (10 s) + tcp_user_timeout (10 s) end a healthy claim sooner
 DB_ERROR_PAUSE_S = 1.0
+# While capacity is the limit, a finished task frees a slot. Claiming for every freed slot
+# costs a statement per small clump of finished work (at concurrency 16 a drain sent 0.2
+# claims per entry); waiting until half the slots are free, or REFILL_DELAY_S after the
+# first one freed, claims in bigger batches (bench: about half the claim statements) and
+# costs a slot at most a few ms where attempts take tens of ms. Not capacity-bound (steady
+# load), nothing waits.
+REFILL_SHARE = 0.5
+REFILL_DELAY_S = 0.002
+
+
+def refill_threshold(concurrency: int) -> int:
+    """Free slots that are worth a claim statement at once while capacity is the limit."""
+    return max(1, math.ceil(concurrency * REFILL_SHARE))
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,8 @@ class ClaimLoop:
         self._wake = asyncio.Event()
         self._sweep_requested = True
         self._capacity_bound = False
+        self._refill_at = refill_threshold(config.concurrency)
+        self._refill_timer: asyncio.TimerHandle | None = None
         self._draining = False
         self._locked_waits: dict[str, int] = {kind.name: 0 for kind in self.kinds}
         self._inflight: dict[asyncio.Task[object], tuple[JobKind, ClaimedEntry]] = {}
@@ -105,6 +120,7 @@ class ClaimLoop:
         try:
             while not stop.is_set():
                 self._wake.clear()
+                self._cancel_refill_timer()
                 now = time.monotonic()
                 if now >= next_sweep:
                     self._sweep_requested = True
@@ -204,8 +220,24 @@ class ClaimLoop:
             log.error("job task crashed", extra={"error": one_line(task.exception())})  # type: ignore[arg-type]
         # Freed capacity matters only if the last claim was limited by it (more may be due);
         # otherwise waking would only cost a claim that finds nothing.
-        if self._capacity_bound or self._draining:
+        if self._draining:
             self._wake.set()
+        elif self._capacity_bound:
+            self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """Capacity was the limit: claim now if enough slots are free, else a little later
+        (see REFILL_SHARE)."""
+        if self.config.concurrency - len(self._inflight) >= self._refill_at:
+            self._wake.set()
+        elif self._refill_timer is None:
+            self._refill_timer = asyncio.get_running_loop().call_later(
+                REFILL_DELAY_S, self._wake.set)
+
+    def _cancel_refill_timer(self) -> None:
+        if self._refill_timer is not None:
+            self._refill_timer.cancel()
+            self._refill_timer = None
 
     # --- one entry, and everything due once -------------------------------------------------
 
@@ -244,6 +276,7 @@ class ClaimLoop:
     async def _shutdown(self) -> None:
         """Stop claiming (done: the loop has exited), let in-flight work finish within the
         grace, release what did not finish back to pending with no retry spent."""
+        self._cancel_refill_timer()
         self.breakers.stop_probing()
         for kind in await finish_or_release(self._inflight, self.config.shutdown_grace_s):
             self.attempts.record(kind, Outcome.RELEASED)
