@@ -234,6 +234,7 @@ def test_refill_threshold_is_half_the_slots_and_at_least_one(concurrency: int,
 async def test_while_capacity_bound_a_claim_waits_for_half_the_slots_or_the_delay(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop_module, "REFILL_DELAY_S", 0.3)  # long enough to see the wait
+    monkeypatch.setattr(loop_module, "REFILL_SLOW_ATTEMPT_S", 60.0)  # held gates are "short"
     store = MemoryStore("creation", lease_s=30)
     job = GatedJob(store)
     kind = JobKind(name="creation", action="creation", store=store, handler=job)
@@ -255,3 +256,24 @@ async def test_while_capacity_bound_a_claim_waits_for_half_the_slots_or_the_dela
         assert (store.claims, loop.in_flight) == (claims + 1, 4)
         job.open_all()
         await until(lambda: statuses(store) == ["completed"] * 12, timeout_s=2.0)
+
+
+async def test_while_capacity_bound_slow_attempts_refill_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop_module, "REFILL_DELAY_S", 5.0)
+    monkeypatch.setattr(loop_module, "REFILL_SLOW_ATTEMPT_S", 0.01)
+    store = MemoryStore("creation", lease_s=30)
+    job = GatedJob(store)
+    kind = JobKind(name="creation", action="creation", store=store, handler=job)
+    for _ in range(8):
+        store.add()
+    loop = make_loop([kind], concurrency=4)
+    async with running(loop):
+        await until(lambda: loop.in_flight == 4)
+        await asyncio.sleep(0.2)  # the first attempts take 200 ms or more: "slow"
+        job.finish(1)
+        await until(lambda: statuses(store).count("completed") == 1)
+        # one free slot of four, the delay 5 s: only the slow attempts make it claim now
+        await until(lambda: len(job.started) == 5, timeout_s=1.0)
+        job.open_all()
+        await until(lambda: statuses(store) == ["completed"] * 8, timeout_s=2.0)
