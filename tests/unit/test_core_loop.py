@@ -225,6 +225,15 @@ class GatedJob(FakeJob):
             gate.set()
 
 
+def gated_loop(rows: int, concurrency: int) -> tuple[ClaimLoop, MemoryStore, GatedJob]:
+    store = MemoryStore("creation", lease_s=30)
+    job = GatedJob(store)
+    for _ in range(rows):
+        store.add()
+    kind = JobKind(name="creation", action="creation", store=store, handler=job)
+    return make_loop([kind], concurrency=concurrency), store, job
+
+
 @pytest.mark.parametrize(("concurrency", "threshold"), [(1, 1), (2, 1), (3, 2), (16, 8)])
 def test_refill_threshold_is_half_the_slots_and_at_least_one(concurrency: int,
                                                              threshold: int) -> None:
@@ -235,12 +244,7 @@ async def test_while_capacity_bound_a_claim_waits_for_half_the_slots_or_the_dela
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop_module, "REFILL_DELAY_S", 0.3)  # long enough to see the wait
     monkeypatch.setattr(loop_module, "REFILL_SLOW_ATTEMPT_S", 60.0)  # held gates are "short"
-    store = MemoryStore("creation", lease_s=30)
-    job = GatedJob(store)
-    kind = JobKind(name="creation", action="creation", store=store, handler=job)
-    for _ in range(12):
-        store.add()
-    loop = make_loop([kind], concurrency=4)
+    loop, store, job = gated_loop(12, concurrency=4)
     async with running(loop):
         await until(lambda: loop.in_flight == 4)
         claims = store.claims
@@ -262,12 +266,7 @@ async def test_while_capacity_bound_slow_attempts_refill_at_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop_module, "REFILL_DELAY_S", 5.0)
     monkeypatch.setattr(loop_module, "REFILL_SLOW_ATTEMPT_S", 0.01)
-    store = MemoryStore("creation", lease_s=30)
-    job = GatedJob(store)
-    kind = JobKind(name="creation", action="creation", store=store, handler=job)
-    for _ in range(8):
-        store.add()
-    loop = make_loop([kind], concurrency=4)
+    loop, store, job = gated_loop(8, concurrency=4)
     async with running(loop):
         await until(lambda: loop.in_flight == 4)
         await asyncio.sleep(0.2)  # the first attempts take 200 ms or more: "slow"
