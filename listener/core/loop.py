@@ -34,6 +34,23 @@ LOCKED_ROW_BACKOFF_S = 0.05  # doubling to 1.6 s while due rows stay locked else
 LOCKED_ROW_MAX_DOUBLINGS = 6
 STALL_LIMIT_S = 60.0  # pool wait (10 s) + tcp_user_timeout (10 s) end a healthy claim sooner
 DB_ERROR_PAUSE_S = 1.0
+# While capacity is the limit, a finished task frees a slot. Claiming for every freed slot
+# costs a statement per small clump of finished work (a drain at concurrency 16 with an
+# instant API sent 0.2 claims per entry); waiting until half the slots are free, or
+# REFILL_DELAY_S after the first one freed, claims in bigger batches (bench: 0.13 claims and
+# 0.18 completions per entry instead of 0.20 and 0.21). Only while attempts are short: when
+# they take REFILL_SLOW_ATTEMPT_S or more (an API answering in tens of ms), a statement is
+# cheap next to an idle slot (a 50 ms drain lost about 9 % with the wait), so the loop
+# claims at once. Not capacity-bound (steady load), nothing waits.
+REFILL_SHARE = 0.5
+REFILL_DELAY_S = 0.002
+REFILL_SLOW_ATTEMPT_S = 0.05
+ATTEMPT_EWMA_WEIGHT = 0.1  # of the newest attempt in the running mean of attempt durations
+
+
+def refill_threshold(concurrency: int) -> int:
+    """Free slots that are worth a claim statement at once while capacity is the limit."""
+    return max(1, math.ceil(concurrency * REFILL_SHARE))
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,10 @@ class ClaimLoop:
         self._wake = asyncio.Event()
         self._sweep_requested = True
         self._capacity_bound = False
+        self._refill_at = refill_threshold(config.concurrency)
+        self._refill_timer: asyncio.TimerHandle | None = None
+        self._dispatched_at: dict[asyncio.Task[object], float] = {}
+        self._attempt_s = 0.0  # running mean, dispatch to done
         self._draining = False
         self._locked_waits: dict[str, int] = {kind.name: 0 for kind in self.kinds}
         self._inflight: dict[asyncio.Task[object], tuple[JobKind, ClaimedEntry]] = {}
@@ -109,6 +130,7 @@ class ClaimLoop:
         try:
             while not stop.is_set():
                 self._wake.clear()
+                self._cancel_refill_timer()
                 now = time.monotonic()
                 if now >= next_sweep:
                     self._sweep_requested = True
@@ -203,16 +225,38 @@ class ClaimLoop:
         task: asyncio.Task[object] = asyncio.create_task(
             self.attempts.run(kind, entry), name=f"{kind.name}-{entry.user_id}")
         self._inflight[task] = (kind, entry)
+        self._dispatched_at[task] = time.monotonic()
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[object]) -> None:
         self._inflight.pop(task, None)
+        dispatched_at = self._dispatched_at.pop(task, None)
+        if dispatched_at is not None:
+            self._attempt_s += ATTEMPT_EWMA_WEIGHT * (
+                time.monotonic() - dispatched_at - self._attempt_s)
         if not task.cancelled() and task.exception() is not None:
             log.error("job task crashed", extra={"error": one_line(task.exception())})  # type: ignore[arg-type]
         # Freed capacity matters only if the last claim was limited by it (more may be due);
         # otherwise waking would only cost a claim that finds nothing.
-        if self._capacity_bound or self._draining:
+        if self._draining:
             self._wake.set()
+        elif self._capacity_bound:
+            self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """Capacity was the limit: claim now if enough slots are free, else a little later
+        (see REFILL_SHARE)."""
+        if self._attempt_s >= REFILL_SLOW_ATTEMPT_S \
+                or self.config.concurrency - len(self._inflight) >= self._refill_at:
+            self._wake.set()
+        elif self._refill_timer is None:
+            self._refill_timer = asyncio.get_running_loop().call_later(
+                REFILL_DELAY_S, self._wake.set)
+
+    def _cancel_refill_timer(self) -> None:
+        if self._refill_timer is not None:
+            self._refill_timer.cancel()
+            self._refill_timer = None
 
     # --- one entry, and everything due once -------------------------------------------------
 
@@ -251,6 +295,7 @@ class ClaimLoop:
     async def _shutdown(self) -> None:
         """Stop claiming (done: the loop has exited), let in-flight work finish within the
         grace, release what did not finish back to pending with no retry spent."""
+        self._cancel_refill_timer()
         self.breakers.stop_probing()
         for kind in await finish_or_release(self._inflight, self.config.shutdown_grace_s):
             self.attempts.record(kind, Outcome.RELEASED)

@@ -331,6 +331,11 @@ class WorkMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        # Label children bound once: `labels()` per settled entry hashes and locks each time.
+        self._provisioned = {outcome: metrics.provisioned.labels(outcome=outcome)
+                             for outcome in OUTCOMES}
+        self._deprovisioned = {outcome: metrics.deprovisioned.labels(outcome=outcome)
+                               for outcome in OUTCOMES}
 
     def claimed(self, kind: str) -> None:
         self.metrics.claimed.inc()
@@ -343,9 +348,15 @@ class WorkMetrics:
 
     def settled(self, kind: str, outcome: str) -> None:
         if kind == self.CREATION:
-            self.metrics.provisioned.labels(outcome=str(outcome)).inc()
+            counter, children = self.metrics.provisioned, self._provisioned
         elif kind == self.DELETION:
-            self.metrics.deprovisioned.labels(outcome=str(outcome)).inc()
+            counter, children = self.metrics.deprovisioned, self._deprovisioned
+        else:
+            return
+        child = children.get(str(outcome))
+        if child is None:
+            child = children[str(outcome)] = counter.labels(outcome=str(outcome))
+        child.inc()
 
     def completed_after(self, kind: str, latency_s: float) -> None:
         if kind == self.CREATION:

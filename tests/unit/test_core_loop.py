@@ -11,10 +11,11 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from listener.core import loop as loop_module
 from listener.core.attempt import AttemptConfig
 from listener.core.breaker import Probe
 from listener.core.jobs import JobKind, StepReporter
-from listener.core.loop import ClaimLoop, LoopConfig
+from listener.core.loop import ClaimLoop, LoopConfig, refill_threshold
 from listener.core.memory_store import MemoryStore
 from listener.core.observer import NullObserver
 from listener.db.store import ClaimedEntry
@@ -217,3 +218,80 @@ async def test_two_kinds_share_one_capacity_bound_and_both_are_dispatched() -> N
         deletion_job.gate.set()
         await until(lambda: statuses(creation_store) + statuses(deletion_store)
                     == ["completed"] * 8)
+
+
+class GatedJob(FakeJob):
+    """Each entry finishes when its own gate opens."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store)
+        self.gates: dict[int, asyncio.Event] = {}
+        self.all_open = False
+
+    async def attempt(self, entry: ClaimedEntry, report: StepReporter) -> int:
+        self.started.append(entry.id)
+        if not self.all_open:
+            await self.gates.setdefault(entry.id, asyncio.Event()).wait()
+        return entry.id
+
+    def open_all(self) -> None:
+        self.all_open = True
+        self.finish(len(self.gates))
+
+    def finish(self, count: int) -> None:
+        waiting = [gate for gate in self.gates.values() if not gate.is_set()]
+        for gate in waiting[:count]:
+            gate.set()
+
+
+def gated_loop(rows: int, concurrency: int) -> tuple[ClaimLoop, MemoryStore, GatedJob]:
+    store = MemoryStore("creation", lease_s=30)
+    job = GatedJob(store)
+    for _ in range(rows):
+        store.add()
+    kind = JobKind(name="creation", action="creation", store=store, handler=job)
+    return make_loop([kind], concurrency=concurrency), store, job
+
+
+@pytest.mark.parametrize(("concurrency", "threshold"), [(1, 1), (2, 1), (3, 2), (16, 8)])
+def test_refill_threshold_is_half_the_slots_and_at_least_one(concurrency: int,
+                                                             threshold: int) -> None:
+    assert refill_threshold(concurrency) == threshold
+
+
+async def test_while_capacity_bound_a_claim_waits_for_half_the_slots_or_the_delay(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop_module, "REFILL_DELAY_S", 0.3)  # long enough to see the wait
+    monkeypatch.setattr(loop_module, "REFILL_SLOW_ATTEMPT_S", 60.0)  # held gates are "short"
+    loop, store, job = gated_loop(12, concurrency=4)
+    async with running(loop):
+        await until(lambda: loop.in_flight == 4)
+        claims = store.claims
+        job.finish(1)  # one free slot of four: below half, the claim waits
+        await until(lambda: loop.in_flight == 3)
+        await asyncio.sleep(0.1)
+        assert (store.claims, loop.in_flight) == (claims, 3)
+        await until(lambda: loop.in_flight == 4, timeout_s=1.0)  # ... until the delay
+        assert store.claims == claims + 1
+        claims = store.claims
+        job.finish(2)  # half the slots at once: one claim of two, without the delay
+        await until(lambda: len(job.started) == 7, timeout_s=0.2)
+        assert (store.claims, loop.in_flight) == (claims + 1, 4)
+        job.open_all()
+        await until(lambda: statuses(store) == ["completed"] * 12, timeout_s=2.0)
+
+
+async def test_while_capacity_bound_slow_attempts_refill_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop_module, "REFILL_DELAY_S", 5.0)
+    monkeypatch.setattr(loop_module, "REFILL_SLOW_ATTEMPT_S", 0.01)
+    loop, store, job = gated_loop(8, concurrency=4)
+    async with running(loop):
+        await until(lambda: loop.in_flight == 4)
+        await asyncio.sleep(0.2)  # the first attempts take 200 ms or more: "slow"
+        job.finish(1)
+        await until(lambda: statuses(store).count("completed") == 1)
+        # one free slot of four, the delay 5 s: only the slow attempts make it claim now
+        await until(lambda: len(job.started) == 5, timeout_s=1.0)
+        job.open_all()
+        await until(lambda: statuses(store) == ["completed"] * 8, timeout_s=2.0)
