@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from listener.core.attempt import AttemptConfig, AttemptRunner
 from listener.core.breaker import Breakers, Probe
-from listener.core.jobs import JobKind
+from listener.core.jobs import DEFAULT_SERVER, JobKind
 from listener.core.observer import WorkObserver
 from listener.core.outcome import Counts, Outcome
 from listener.core.settle import DB_ERRORS, DatabaseHealth
@@ -48,14 +48,15 @@ class ClaimLoop:
     graceful shutdown; `drain()` processes what is due once and returns."""
 
     def __init__(self, config: LoopConfig, kinds: Sequence[JobKind], attempt: AttemptConfig,
-                 probe_for: Callable[[str], Probe], observer: WorkObserver) -> None:
+                 probe_for: Callable[[str], Probe], observer: WorkObserver,
+                 servers: Sequence[str] = (DEFAULT_SERVER,)) -> None:
         if not kinds:
             raise ValueError("at least one kind of job")
         self.config = config
         self.kinds = tuple(kinds)
         self.observer = observer
         self.health = DatabaseHealth()
-        self.breakers = Breakers(probe_for, observer, on_recovered=self.wake)
+        self.breakers = Breakers(probe_for, observer, on_recovered=self.wake, servers=servers)
         self.attempts = AttemptRunner(attempt, self.breakers, self.health, observer,
                                       wake=self.wake)
         self.first_sweep_done = asyncio.Event()
@@ -132,22 +133,17 @@ class ClaimLoop:
             await self._shutdown()
 
     def _blocked_s(self, now: float) -> float:
-        """0 when some kind may claim; else how long every kind's breaker holds it."""
-        return min(self.breakers.get(kind.server).wait_s(now) for kind in self.kinds)
+        """0 while some Evolution server can take work; else how long all of them hold."""
+        return self.breakers.blocked_s(now)
 
     async def _claim_round(self) -> float:
         """Claim until nothing is due or capacity is full; return how long to sleep. Each
         kind still open in this round claims an even share of the free capacity, in turn,
         so one kind's backlog cannot starve another."""
         now = time.monotonic()
-        wait_s = self.config.sweep_interval_s
-        open_kinds = []
-        for kind in self.kinds:
-            blocked_s = self.breakers.get(kind.server).wait_s(now)
-            if blocked_s > 0:
-                wait_s = min(wait_s, blocked_s)
-            else:
-                open_kinds.append(kind)
+        paused = self.breakers.paused(now)  # their placed work waits there (SPEC §10)
+        wait_s = min(self.config.sweep_interval_s, self.breakers.resume_in_s(now))
+        open_kinds = list(self.kinds)
         while open_kinds:
             share = math.ceil(
                 (self.config.concurrency - len(self._inflight)) / len(open_kinds))
@@ -157,7 +153,7 @@ class ClaimLoop:
                     self._capacity_bound = True  # a finishing task wakes us
                     return self.config.sweep_interval_s
                 share = min(share, free)
-                entries, next_due_s = await kind.store.claim(share)
+                entries, next_due_s = await kind.store.claim(share, paused)
                 self.health.ok()
                 for entry in entries:
                     self._dispatch(kind, entry)
@@ -221,14 +217,12 @@ class ClaimLoop:
             self._wake.clear()
             now = time.monotonic()
             claimed = False
-            all_blocked = True
-            for kind in self.kinds:
-                if self.breakers.get(kind.server).wait_s(now) > 0:
-                    continue
-                all_blocked = False
+            all_blocked = self.breakers.blocked_s(now) > 0
+            paused = self.breakers.paused(now)
+            for kind in [] if all_blocked else self.kinds:
                 free = self.config.concurrency - len(self._inflight)
                 if free > 0:
-                    entries, _next_due = await kind.store.claim(free)
+                    entries, _next_due = await kind.store.claim(free, paused)
                     for entry in entries:
                         self._dispatch(kind, entry)
                     claimed = claimed or bool(entries)
