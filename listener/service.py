@@ -172,7 +172,7 @@ class Service:
             return False, fleet.reason, {}
         if not self.worker.first_sweep_done.is_set():
             return False, "starting: first sweep not done", {}
-        return True, fleet.reason, fleet.details
+        return True, fleet.reason or "ok", fleet.details
 
     def request_stop(self, signame: str) -> None:
         if not self.stop.is_set():

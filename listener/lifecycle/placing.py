@@ -85,12 +85,20 @@ class Placer:
             if isinstance(answer, Wait):
                 raise ServerWait(answer.message)
             spec = self.specs[answer.server]
-            held, server = await self.store.place(entry, spec.name, spec.capacity)
+            # Counted before the round trip, so entries placed at the same moment by this
+            # replica spread by share instead of all picking the same server.
+            self._since_read[spec.name] += 1
+            try:
+                held, server = await self.store.place(entry, spec.name, spec.capacity)
+            except BaseException:
+                self._since_read[spec.name] -= 1
+                raise
+            if server != spec.name:
+                self._since_read[spec.name] -= 1
             if not held:
                 raise LeaseLost()
             if server is not None:
                 if server == spec.name:
-                    self._since_read[server] += 1
                     self._observer.placed(server)
                 return server
             self._usage = None  # that server filled meanwhile: count again, place again
