@@ -449,6 +449,8 @@ PLACE_LOCK: Final = f"""
 SELECT pg_catalog.pg_advisory_xact_lock({PLACEMENT_LOCK_CLASS}, pg_catalog.hashtext(%(server)s))
 """
 
+# A user who already has an instance (a manual retry or `provision --force` of an entry
+# completed before the fleet existed) keeps the server of that instance, whatever was chosen.
 # Write the chosen server to a claimed entry only when it has none yet (compare-and-set on
 # the lease's fencing token as every transition, and on `server IS NULL`), and only while
 # the server has room (`capacity` NULL = unlimited). Answers the server the entry is placed
@@ -461,13 +463,19 @@ WITH used AS (
             WHERE i.server = %(server)s)
          + (SELECT count(*) FROM public.evolution_instance_creation_queue AS q
             WHERE q.server = %(server)s AND {_IN_FLIGHT_ON_A_SERVER}) AS n
+), recorded AS (
+    SELECT i.server
+    FROM public.evolution_instances AS i
+    JOIN public.evolution_instance_creation_queue AS q ON q.user_id = i.user_id
+    WHERE q.id = %(id)s
 ), placed AS (
     UPDATE public.evolution_instance_creation_queue
-    SET server = %(server)s,
+    SET server = COALESCE((SELECT server FROM recorded), %(server)s),
         updated_at = now()
     {LEASE_IS_OURS}
       AND server IS NULL
-      AND (%(capacity)s::integer IS NULL OR (SELECT n FROM used) < %(capacity)s::integer)
+      AND (EXISTS (SELECT 1 FROM recorded)
+           OR %(capacity)s::integer IS NULL OR (SELECT n FROM used) < %(capacity)s::integer)
     RETURNING server
 )
 SELECT COALESCE((SELECT server FROM placed), server) AS server

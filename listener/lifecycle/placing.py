@@ -100,6 +100,8 @@ class Placer:
             if server is not None:
                 if server == spec.name:
                     self._observer.placed(server)
+                elif server not in self.specs:  # the user's instance lives there
+                    raise UnknownServerError(server)
                 return server
             self._usage = None  # that server filled meanwhile: count again, place again
         full = Wait(WaitReason.ALL_FULL, "every active Evolution API server is full")
