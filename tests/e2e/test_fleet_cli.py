@@ -9,6 +9,9 @@ from pathlib import Path
 
 import psycopg
 
+from listener.dev.fleet import DevServer, write_servers_file
+from listener.dev.process import service_env
+from listener.dev.simulator import simulator_threads
 from tests.e2e.cli_helpers import run_cli
 from tests.pg import TestDatabase
 
@@ -56,3 +59,33 @@ def test_stats_shows_instances_and_capacity_per_server(db: TestDatabase, tmp_pat
     bad.write_text("[servers.a]\nbase_url = 'ftp://x'\napi_key_env = 'K'\n")
     broken = run_cli("stats", env={**env, "EVOLUTION_API_SERVERS": str(bad)})
     assert broken.code == 78 and "servers.a.base_url" in broken.stderr, str(broken)
+
+
+def _checks(out_lines: list[str]) -> dict[str, tuple[str, str]]:
+    checks = {}
+    for line in out_lines:
+        level, _, rest = line.partition(" ")
+        name, _, detail = rest.strip().partition(": ")
+        checks[name] = (level, detail)
+    return checks
+
+
+def test_doctor_checks_each_server_and_names_the_failing_one(
+    db: TestDatabase, tmp_path: Path
+) -> None:
+    with simulator_threads(2) as sims:
+        servers = [DevServer("a", sims[0].base_url, sims[0].api_key, 80),
+                   DevServer("b", sims[1].base_url, "wrong-fleet-key")]
+        env = service_env(db.service_dsn, "http://127.0.0.1:9", "unused")
+        env.update(write_servers_file(tmp_path / "servers.toml", servers))
+        result = run_cli("doctor", env=env)
+    checks = _checks(result.out_lines)
+    assert result.code == 1, str(result)
+    assert checks["Evolution API reachable (a)"][0] == "ok"
+    assert checks["Evolution API key (a)"][0] == "ok"
+    assert checks["Evolution API reachable (b)"][0] == "ok"
+    level, detail = checks["Evolution API key (b)"]
+    assert level == "fail" and "EVO_B_KEY" in detail, str(result)
+    level, detail = checks["Evolution servers"]  # a bounded and an unlimited server
+    assert level == "warn" and "b has no capacity" in detail, str(result)
+    assert "wrong-fleet-key" not in result.stdout + result.stderr
