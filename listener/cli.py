@@ -284,11 +284,11 @@ def _with_service(settings: Settings, action: Callable[[Any], Awaitable[int]]) -
         await _check_database(settings.dsn)
         service = Service(settings)
         await service.pool.open(wait=True, timeout=15.0)
-        await service.client.start()
+        await service.clients.start()
         try:
             return await action(service)
         finally:
-            await service.client.close()
+            await service.clients.close()
             await service.pool.close()
 
     return asyncio.run(runner())

@@ -131,7 +131,7 @@ class Service:
         )
         options = ReconcileOptions.from_settings(settings, self.provisioner.webhook)
         self.reconcile = ReconcileScheduler(settings.dsn, Reconciler(
-            self.pool, self.client, options), self.metrics, settings.reconcile_interval_s)
+            self.pool, self.clients, options), self.metrics, settings.reconcile_interval_s)
         work_metrics = WorkMetrics(self.metrics)
         self.placer = Placer(self.store, settings.servers,
                              backing_off=lambda: self.worker.breakers.paused(time.monotonic()),

@@ -502,7 +502,8 @@ RECONCILE_CREATIONS: Final = """
 SELECT user_id, status FROM public.evolution_instance_creation_queue
 """
 RECONCILE_INSTANCE_ROWS: Final = """
-SELECT user_id, instance_name, instance_id, instance_token, webhook_url, webhook_events
+SELECT user_id, instance_name, instance_id, instance_token, webhook_url, webhook_events,
+       server
 FROM public.evolution_instances
 """
 RECONCILE_DELETIONS: Final = """
