@@ -20,6 +20,7 @@ import pytest
 
 from listener.dev.fleet import DevServer, write_servers_file
 from listener.dev.simulator import Simulator, SimulatorOptions, running_simulators
+from listener.lifecycle.reconcile import ReconcileOptions, Reconciler
 from tests.harness import InProcessService, queue_rows, service_env, signup, wait_until
 from tests.pg import TestDatabase
 
@@ -196,3 +197,33 @@ async def test_one_server_down_new_signups_go_elsewhere_and_its_work_resumes(
                for u in stuck)  # resumed where it was placed
     assert {f"evo-{u}" for u in stuck} <= set(sims[0].instances)
     assert not sims[2].instances
+
+
+async def test_reconcile_reads_each_server_and_reports_an_instance_on_another_server(
+    db: TestDatabase, tmp_path: Path, sims: list[Simulator]
+) -> None:
+    service = await InProcessService(_env(db, tmp_path, sims, (None, None, None))).start()
+    try:
+        users = signup(db.dsn, 4)
+        await wait_until(lambda: _completed(db.dsn, users), timeout_s=20)
+        svc = service.service
+        options = ReconcileOptions.from_settings(svc.settings, svc.provisioner.webhook)
+        clean = await Reconciler(svc.pool, svc.clients, options).run()
+        # One row now says b while its instance is on a (or the reverse): reported, and
+        # --apply does not move it.
+        moved = users[0]
+        recorded = _placed(db.dsn)[moved]["instance_server"]
+        other = "b" if recorded == "a" else "a"
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE evolution_instances SET server = %s WHERE user_id = %s",
+                         (other, moved))
+        await sims[2].down()  # the draining server cannot be read: skipped, not a failure
+        report = await Reconciler(svc.pool, svc.clients, options).run(apply=True)
+    finally:
+        assert await service.stop() == 0
+    assert clean.items == [] and clean.instances_seen == 4
+    [item] = report.items
+    assert item.kind == "instance_id_mismatch" and item.fields == ("server",)
+    assert item.server == recorded and f"recorded on server {other}" in item.detail
+    assert item.repair is not None and "never moved" in item.repair
+    assert _on_sims(sims)[f"evo-{moved}"] == recorded
