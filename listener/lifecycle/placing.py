@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from listener.core.jobs import LeaseLost
-from listener.db.store import ClaimedEntry, CreationStore
+from listener.db.store import ClaimedEntry, ServerUsage
 from listener.fleet.placement import Placed, Wait, WaitReason, loads, place
 from listener.fleet.servers import ServerSpec
 from listener.fleet.status import WaitChange, WaitWatch
@@ -31,6 +31,15 @@ from listener.policy import ServerWait, UnknownServerError
 log = logging.getLogger("listener.worker")
 
 USAGE_MEMO_S = 0.1
+
+
+class PlacementStore(Protocol):
+    """The two statements placement needs (db/store.py CreationStore)."""
+
+    async def server_usage(self) -> dict[str, ServerUsage]: ...
+
+    async def place(self, entry: ClaimedEntry, server: str, capacity: int | None
+                    ) -> tuple[bool, str | None]: ...
 
 
 class PlacementObserver(Protocol):
@@ -58,7 +67,7 @@ class NullPlacementObserver:
 class Placer:
     """`server_for(entry)`: the entry's server, placing it first when it has none."""
 
-    def __init__(self, store: CreationStore, servers: Sequence[ServerSpec],
+    def __init__(self, store: PlacementStore, servers: Sequence[ServerSpec],
                  backing_off: Callable[[], Collection[str]],
                  observer: PlacementObserver | None = None, *,
                  memo_s: float = USAGE_MEMO_S,

@@ -34,7 +34,7 @@ async def sims() -> AsyncIterator[list[Simulator]]:
 
 
 def _env(db: TestDatabase, tmp_path: Path, sims: Sequence[Simulator],
-         capacities: Sequence[int | None], **overrides: object) -> dict[str, str]:
+         capacities: Sequence[int | None], **overrides: Any) -> dict[str, str]:
     """a and b active, c draining; the single-server variables point at nothing usable."""
     servers = [DevServer(name, sim.base_url, sim.api_key, capacity,
                          "draining" if name == "c" else "active")
