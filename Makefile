@@ -64,7 +64,7 @@ run: $(STAMP) ## run the service with the environment's configuration
 	$(BIN)/evolution-listener run
 
 demo: $(STAMP) ## embedded PostgreSQL + simulator + service + synthetic signups, then a summary
-	$(BIN)/evolution-listener demo
+	$(BIN)/evolution-listener demo --servers 2
 
 bench: $(PEER_STAMP) ## throughput/latency figures, and vs pgqueuer -> bench/results/<date>-<host>.json
 	$(BIN)/python bench/run.py

@@ -8,6 +8,8 @@ it), so the figures are the product's, not the load generator's view of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -34,6 +36,7 @@ from bench.load import backlog, steady_signups
 from listener.db import queries
 from listener.dev.demo.stats import rate_per_s, ratio, summarize
 from listener.dev.embedded_pg import free_port
+from listener.dev.fleet import DevServer, write_servers_file
 
 QUEUE = "public.evolution_instance_creation_queue"
 CONCURRENCY = 64
@@ -148,19 +151,29 @@ def _cpu_per_1000(cpu_s: float, entries: int) -> float | None:
 
 
 def steady_latency(options: Options, rate: float, *,
-                   async_commit: bool = False) -> dict[str, Any]:
+                   async_commit: bool = False, servers: int = 1) -> dict[str, Any]:
     """Signups at `rate`/s against an instant simulator: signup commit -> completed commit.
 
     `async_commit`: the service's login gets synchronous_commit = off (an operator setting,
     no code change), to show what the two commit flushes per entry cost.
+    `servers` > 1: that many simulator processes as Evolution servers (EVOLUTION_API_SERVERS,
+    no capacity), so every new entry is placed first (SPEC §10).
     """
-    label = f"steady_{int(rate)}" + ("_async_commit" if async_commit else "")
-    with fresh_database(pg_stat_statements=options.profile_dir is not None,
-                        commit_timestamps=True) as db, \
-            SimulatorProcess(latency_ms=0.0) as sim:
+    label = f"steady_{int(rate)}" + ("_async_commit" if async_commit else "") \
+        + (f"_servers{servers}" if servers > 1 else "")
+    with contextlib.ExitStack() as stack:
+        db = stack.enter_context(fresh_database(pg_stat_statements=options.profile_dir is not None,
+                                                commit_timestamps=True))
+        sims = [stack.enter_context(SimulatorProcess(latency_ms=0.0)) for _ in range(servers)]
+        sim = sims[0]
         if async_commit:
             db.execute(f"ALTER ROLE {SERVICE_ROLE} SET synchronous_commit = off")
-        with running_services([service_env(db, sim, free_port())],
+        env = service_env(db, sim, free_port())
+        if servers > 1:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+            env.update(write_servers_file(workdir / "servers.toml", [
+                DevServer(f"s{i + 1}", s.base_url, s.api_key) for i, s in enumerate(sims)]))
+        with running_services([env],
                               profile_dir=options.profile_dir, label=label) as group:
             service = group.members[0]
             service.wait_ready()
@@ -178,12 +191,16 @@ def steady_latency(options: Options, rate: float, *,
             latency = _latencies_ms(db, load.users)
             profile = _pg_profile(options, db)
         profile.update(_spy_profile(options, label))
+        if servers > 1:
+            profile["per_server"] = dict(db.execute(
+                "SELECT server, count(*) FROM public.evolution_instances GROUP BY server"))
     cpu_s = sample.cpu_s - cpu_before
     return {
         "rate_per_s": rate,
         "duration_s": options.steady_s,
         "simulator_latency_ms": 0.0,
         "service_synchronous_commit": "off" if async_commit else "on",
+        "servers": servers,
         **latency,
         "latency_ms": latency["commit_to_commit_ms"],
         "load": load.as_dict(),
@@ -529,3 +546,39 @@ def calibration(options: Options) -> dict[str, Any]:
             summary = summarize(timings)
             out[label] = summary.as_dict(4) if summary else None
     return out
+
+
+# --- many Evolution servers (SPEC §10) ---------------------------------------------------------
+
+
+def steady_servers(options: Options, rate: float = 200.0, servers: int = 3) -> dict[str, Any]:
+    """Steady `rate`/s with `servers` Evolution servers against one, in the same run,
+    interleaved (1, N, 1, N, ...) so the machine's noise hits both alike; medians compared.
+    Issue 12: placement must cost no measurable latency (p99 within 10 %)."""
+    rounds = 1 if options.quick else 3
+    one: list[dict[str, Any]] = []
+    many: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        one.append(steady_latency(options, rate))
+        many.append(steady_latency(options, rate, servers=servers))
+
+    def median_of(runs: list[dict[str, Any]], figure: str) -> float | None:
+        values = sorted(float(r["latency_ms"][figure]) for r in runs if r.get("latency_ms"))
+        return values[(len(values) - 1) // 2] if values else None
+
+    figures = {f"{figure}_ms": {"one_server": median_of(one, figure),
+                                f"{servers}_servers": median_of(many, figure)}
+               for figure in ("p50", "p95", "p99")}
+    p99_one, p99_many = figures["p99_ms"]["one_server"], figures["p99_ms"][f"{servers}_servers"]
+    p99_ratio = None if not p99_one or p99_many is None else round(p99_many / p99_one, 3)
+    return {
+        "rate_per_s": rate,
+        "servers": servers,
+        "rounds": rounds,
+        "medians": figures,
+        "p99_ratio": p99_ratio,
+        "within_10_percent": None if p99_ratio is None else p99_ratio <= 1.10,
+        "per_server_last_run": many[-1].get("per_server"),
+        "runs": {"one_server": one, f"{servers}_servers": many},
+        "note": "medians of interleaved runs on a shared, noisy 2-core machine",
+    }

@@ -120,6 +120,12 @@ FIGURES: list[Figure] = [
         r, "drain_50ms_x3", "throughput_per_s")), spread_of="drain_50ms_x3"),
     Figure("replicas3_gain", "3 replicas vs 1 (50 ms)", "x", _replica_gain, ">= 2.0",
            lambda v: v >= 2.0),
+    Figure("servers3_p99_one", "steady 200/s, 1 server: p99 (median)", "ms", lambda r: _num(
+        _get(r, "steady_200_servers3", "medians", "p99_ms", "one_server"))),
+    Figure("servers3_p99", "steady 200/s, 3 servers: p99 (median)", "ms", lambda r: _num(
+        _get(r, "steady_200_servers3", "medians", "p99_ms", "3_servers"))),
+    Figure("servers3_ratio", "3 servers vs 1: p99 (steady 200/s)", "x", lambda r: _num(_get(
+        r, "steady_200_servers3", "p99_ratio")), "<= 1.10", lambda v: v <= 1.10),
     Figure("double_claims", "double claims (all drains)", "", _double_claims, "0",
            lambda v: v == 0),
     Figure("crash_p99", "kill -9 of 1 of 3 replicas: affected entries p99", "ms",

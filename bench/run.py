@@ -31,6 +31,8 @@ CASES: dict[str, Callable[[cases.Options], dict[str, Any]]] = {
     "drain_50ms_x1": lambda o: cases.drain(o, 50.0, 1),
     "drain_50ms_x3": lambda o: cases.drain(o, 50.0, 3),
     "crash": cases.crash,
+    # Repeats itself, interleaved with one server (1 3 1 3 1 3): not in HEADLINE.
+    "steady_200_servers3": lambda o: cases.steady_servers(o, 200.0, 3),
     "reconcile_0ms": lambda o: reconcile_case.reconcile_dry_run(o.quick, 0.0),
     "reconcile_50ms": lambda o: reconcile_case.reconcile_dry_run(o.quick, 50.0),
     # Repeats itself, interleaved with pgqueuer (A B A B A B): not in HEADLINE.

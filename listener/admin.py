@@ -7,6 +7,7 @@ the same under both.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from listener.db import queries
+from listener.fleet.servers import ServerSpec
 
 CLEANUP_BATCH = 1000
 CLEANUP_MAX_BATCHES = 100_000
@@ -35,6 +37,39 @@ class Failure:
     processed_at: datetime | None
 
 
+@dataclass(frozen=True)
+class ServerFigures:
+    """One Evolution server in `stats` (SPEC §10): its configuration and what it holds."""
+
+    name: str
+    state: str  # active, draining, or "not configured" (instances recorded, not in the file)
+    capacity: int | None
+    instances: int
+    in_flight: int
+
+    @property
+    def free(self) -> int | None:
+        if self.capacity is None:
+            return None
+        return max(0, self.capacity - self.instances - self.in_flight)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"state": self.state, "capacity": self.capacity, "instances": self.instances,
+                "in_flight": self.in_flight, "free": self.free}
+
+
+def server_figures(usage: Mapping[str, tuple[int, int]],
+                   servers: Sequence[ServerSpec]) -> list[ServerFigures]:
+    """The configured servers in the file's order, then any server that holds instances
+    but is no longer configured (the operator must see those)."""
+    figures = [ServerFigures(s.name, str(s.state), s.capacity, *usage.get(s.name, (0, 0)))
+               for s in servers]
+    listed = {s.name for s in servers}
+    figures += [ServerFigures(name, "not configured", None, *counts)
+                for name, counts in sorted(usage.items()) if name not in listed]
+    return figures
+
+
 @dataclass
 class QueueStats:
     by_status: list[StatusFigures] = field(default_factory=list)
@@ -42,6 +77,7 @@ class QueueStats:
     recent_failures: list[Failure] = field(default_factory=list)
     # SPEC §9: deletions are counted apart; the creation figures keep the seed's meaning.
     deletions: list[StatusFigures] = field(default_factory=list)
+    servers: list[ServerFigures] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -63,10 +99,12 @@ class QueueStats:
                 s.status: {"count": s.count, "avg_retries": round(s.avg_retries, 3)}
                 for s in self.deletions
             },
+            "servers": {s.name: s.as_json() for s in self.servers},
         }
 
 
-async def stats(pool: AsyncConnectionPool, recent: int = 10) -> QueueStats:
+async def stats(pool: AsyncConnectionPool, recent: int = 10,
+                servers: Sequence[ServerSpec] = ()) -> QueueStats:
     result = QueueStats()
     async with pool.connection() as conn:
         cursor = conn.cursor(row_factory=dict_row)
@@ -91,6 +129,10 @@ async def stats(pool: AsyncConnectionPool, recent: int = 10) -> QueueStats:
             StatusFigures(str(r["status"]), int(r["count"]), float(r["avg_retries"] or 0.0))
             for r in await named.fetchall()
         ]
+        await named.execute(queries.SERVER_USAGE)
+        usage = {str(r["server"]): (int(r["instances"]), int(r["in_flight"]))
+                 for r in await named.fetchall() if r["server"] is not None}
+    result.servers = server_figures(usage, servers)
     return result
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -28,7 +28,11 @@ from listener.config import (
     load_settings,
     transaction_pooler_reason,
 )
+from listener.fleet.servers import SERVERS_ENV, ServersFileError, ServerSpec, load_servers_file
 from listener.text import one_line
+
+if TYPE_CHECKING:
+    from listener.admin import ServerFigures
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -167,7 +171,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     _configure_logging(secrets=settings.secrets())
     from listener import admin
 
-    result = _with_pool(settings, lambda pool: admin.stats(pool, args.recent))
+    servers = _configured_servers()
+    if servers is None:
+        return EX_CONFIG
+    result = _with_pool(settings, lambda pool: admin.stats(pool, args.recent, servers))
     if args.json:
         print(json.dumps(result.as_json(), indent=2))
         return EXIT_OK
@@ -186,7 +193,36 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print("deletions:" if result.deletions else "deletions: none queued")
     for figures in result.deletions:
         print(f"  {figures.status:<10}{figures.count:>10}{figures.avg_retries:>14.2f}")
+    _print_servers(result.servers)
     return EXIT_OK
+
+
+def _configured_servers() -> tuple[ServerSpec, ...] | None:
+    """The servers file's servers for `stats` (names, states, capacities: no key needed);
+    () without a file; None after printing the file's fault."""
+    path = os.environ.get(SERVERS_ENV, "").strip()
+    if not path:
+        return ()
+    try:
+        return load_servers_file(path, os.environ, require_keys=False)
+    except ServersFileError as error:
+        _err(str(error))
+        return None
+
+
+def _print_servers(servers: Sequence[ServerFigures]) -> None:
+    """Instances and capacity per Evolution server (SPEC §10)."""
+    if not servers:
+        print("servers: no instance recorded yet")
+        return
+    print("servers:")
+    print(f"  {'name':<16}{'state':<16}{'capacity':>9}{'instances':>10}{'in flight':>10}"
+          f"{'free':>7}")
+    for s in servers:
+        capacity = "-" if s.capacity is None else str(s.capacity)
+        free = "-" if s.free is None else str(s.free)
+        print(f"  {s.name:<16}{s.state:<16}{capacity:>9}{s.instances:>10}{s.in_flight:>10}"
+              f"{free:>7}")
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -252,11 +288,11 @@ def _with_service(settings: Settings, action: Callable[[Any], Awaitable[int]]) -
         service = Service(settings)
         async with liveness_lock_held(settings.dsn, service.owner):
             await service.pool.open(wait=True, timeout=15.0)
-            await service.client.start()
+            await service.clients.start()
             try:
                 return await action(service)
             finally:
-                await service.client.close()
+                await service.clients.close()
                 await service.pool.close()
 
     return asyncio.run(runner())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -38,6 +38,7 @@ from listener.dbhost import (
 )
 from listener.evolution.client import EvolutionClient
 from listener.evolution.errors import AuthError, EvolutionError
+from listener.fleet.servers import ServerSpec
 from listener.text import one_line
 
 CHECK_TIMEOUT_S = 5.0
@@ -79,6 +80,21 @@ def pooler_user_warning(endpoint: Endpoint, kind: Kind) -> str | None:
     role = endpoint.user or "evolution_listener_svc"
     return (f"the session pooler expects the user as <role>.<project-ref> (e.g. "
             f"{role}.<project-ref>), not {endpoint.user or 'none'!r}")
+
+
+def fleet_warnings(servers: Sequence[ServerSpec]) -> list[str]:
+    """What in a servers file works but is likely a mistake (SPEC §10)."""
+    warnings = []
+    if all(not s.accepts_placements for s in servers):
+        warnings.append("every server is draining: new signups wait until one is active")
+    active = [s for s in servers if s.accepts_placements]
+    bounded = [s.name for s in active if s.capacity is not None]
+    unlimited = [s.name for s in active if s.capacity is None]
+    if bounded and unlimited:
+        warnings.append(f"{', '.join(unlimited)} has no capacity: it takes nearly every new "
+                        f"instance while {', '.join(bounded)} has one; give every server a "
+                        "capacity to spread by share")
+    return warnings
 
 
 def migrations_line(states: list[MigrationState]) -> tuple[str, str]:
@@ -237,30 +253,43 @@ class Doctor:
                         "that drops notifications; use a direct or session-mode connection")
 
     async def _api_checks(self, settings: Settings) -> None:
-        client = EvolutionClient(settings.evolution_api_base_url,
-                                 settings.evolution_api_key.get_secret_value(),
+        """Each Evolution server (SPEC §10): reachable, key accepted. One server keeps the
+        plain check names; with a servers file each name carries the server's."""
+        fleet = settings.servers_file is not None
+        for spec in settings.servers:
+            await self._server_checks(settings, spec, fleet)
+        if fleet:
+            for warning in fleet_warnings(settings.servers):
+                self.report("warn", "Evolution servers", warning)
+
+    async def _server_checks(self, settings: Settings, spec: ServerSpec, fleet: bool) -> None:
+        suffix = f" ({spec.name})" if fleet else ""
+        url_hint = f"servers.{spec.name}.base_url in {settings.servers_file}" if fleet \
+            else "EVOLUTION_API_BASE_URL"
+        key_hint = spec.api_key_env or "EVOLUTION_API_KEY"
+        client = EvolutionClient(spec.base_url, spec.api_key.get_secret_value(),
                                  timeout_s=min(settings.http_timeout_s, CHECK_TIMEOUT_S))
         async with client:
             try:
                 info = await client.server_info()
             except EvolutionError as error:
-                self.report("fail", "Evolution API reachable",
-                            f"{settings.evolution_api_base_url}: {_line(error)} -> check "
-                            "EVOLUTION_API_BASE_URL and that the server is up")
+                self.report("fail", f"Evolution API reachable{suffix}",
+                            f"{spec.base_url}: {_line(error)} -> check "
+                            f"{url_hint} and that the server is up")
                 return
-            self.report("ok", "Evolution API reachable",
-                        f"{settings.evolution_api_base_url} (version {info.version or '?'})")
+            self.report("ok", f"Evolution API reachable{suffix}",
+                        f"{spec.base_url} (version {info.version or '?'})")
             try:
                 await client.check_key()
             except AuthError:
-                self.report("fail", "Evolution API key",
-                            "rejected (401) -> set EVOLUTION_API_KEY to the server's "
+                self.report("fail", f"Evolution API key{suffix}",
+                            f"rejected (401) -> set {key_hint} to the server's "
                             "AUTHENTICATION_API_KEY")
                 return
             except EvolutionError as error:
-                self.report("fail", "Evolution API key", _line(error))
+                self.report("fail", f"Evolution API key{suffix}", _line(error))
                 return
-            self.report("ok", "Evolution API key", "accepted")
+            self.report("ok", f"Evolution API key{suffix}", "accepted")
 
     def _webhook_check(self, settings: Settings) -> None:
         url = settings.webhook_url

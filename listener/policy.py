@@ -37,9 +37,37 @@ class FailureKind(StrEnum):
     RATE_LIMITED = "rate_limited"  # 429: slow down, not the user's fault
     TRANSIENT = "transient"  # 500, 408, a garbled answer: retry per the user's policy
     PERMANENT = "permanent"  # other 4xx: retrying will not help
+    NO_SERVER = "no_server"  # no Evolution server can take a new instance now (SPEC §10)
+
+
+# How long an entry that found no server to be placed on waits before it is looked at again.
+FLEET_WAIT_S = 15.0
+
+
+class ServerWait(Exception):
+    """No Evolution server can take this new instance now (all full, all draining, all with
+    room backing off): the entry waits pending, no retry spent. Raised before any HTTP."""
+
+    def __init__(self, message: str, retry_after_s: float = FLEET_WAIT_S) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UnknownServerError(Exception):
+    """The entry is recorded on a server the servers file no longer lists: the operator
+    re-adds it (and retries the user); never placed elsewhere (a second instance)."""
+
+    def __init__(self, server: str) -> None:
+        super().__init__(f"recorded on server {server}, which EVOLUTION_API_SERVERS does not "
+                         "list (add it back, then retry the user)")
+        self.server = server
 
 
 def classify(error: BaseException) -> FailureKind:
+    if isinstance(error, ServerWait):
+        return FailureKind.NO_SERVER
+    if isinstance(error, UnknownServerError):
+        return FailureKind.PERMANENT
     if isinstance(error, AuthError):
         return FailureKind.AUTH
     if isinstance(error, RateLimitedError):
@@ -106,6 +134,9 @@ def decide(
     retry_after_s: float | None = None,
 ) -> Decision:
     """What happens to an entry whose attempt failed with `kind`."""
+    if kind is FailureKind.NO_SERVER:  # a capacity wait, not an outage and not the user's
+        delay = FLEET_WAIT_S if retry_after_s is None else retry_after_s
+        return Decision(Verdict.RELEASE, retry_count, delay, message)
     if kind in _SERVICE_WIDE or (outage_open and kind is not FailureKind.PERMANENT):
         return Decision(Verdict.RELEASE, retry_count, 0.0, message)
     if kind is FailureKind.RATE_LIMITED:

@@ -77,7 +77,7 @@ async def run_reconcile(service: Any, args: argparse.Namespace) -> int:
     """`service` is a listener.service.Service with its pool and client open."""
     progress = TerminalProgress(sys.stderr)
     options = ReconcileOptions.from_settings(service.settings, service.provisioner.webhook)
-    reconciler = Reconciler(service.pool, service.client, options, progress=progress)
+    reconciler = Reconciler(service.pool, service.clients, options, progress=progress)
     try:
         report = await reconciler.run(apply=args.apply, delete_orphans=args.delete_orphans)
     except EvolutionError as error:

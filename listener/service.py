@@ -30,7 +30,11 @@ from listener.db.deletion_store import DeletionStore
 from listener.db.store import CreationStore
 from listener.evolution.client import EvolutionClient
 from listener.evolution.models import WebhookSpec
+from listener.fleet.servers import DEFAULT_SERVER, ServerSpec
+from listener.fleet.status import fleet_readiness
+from listener.lifecycle.clients import ServerClients
 from listener.lifecycle.deprovision import deletion_kind
+from listener.lifecycle.placing import Placer
 from listener.lifecycle.provision import Provisioner, creation_kind
 from listener.lifecycle.reconcile import ReconcileOptions, Reconciler
 from listener.lifecycle.reconcile.scheduler import ReconcileScheduler
@@ -78,24 +82,34 @@ def make_pool(settings: Settings, *, max_size: int | None = None) -> AsyncConnec
     return db_pool.make_pool(settings.dsn, max_size=max_size or settings.pool_size)
 
 
-def make_client(settings: Settings, metrics: Metrics | None = None) -> EvolutionClient:
+def make_client(settings: Settings, metrics: Metrics | None = None,
+                server: ServerSpec | None = None) -> EvolutionClient:
+    """The client of one Evolution server (default: the first configured one); its
+    request metrics carry the server's name."""
+    spec = server or settings.servers[0]
     observer = None
     if metrics is not None:
         durations = metrics.evolution_request_duration
         errors = metrics.evolution_errors
 
         def observer(operation: str, duration_s: float, failure: str | None) -> None:
-            durations.labels(operation=operation).observe(duration_s)
+            durations.labels(operation=operation, server=spec.name).observe(duration_s)
             if failure is not None:
-                errors.labels(operation=operation, status=failure).inc()
+                errors.labels(operation=operation, status=failure, server=spec.name).inc()
 
     return EvolutionClient(
-        settings.evolution_api_base_url,
-        settings.evolution_api_key.get_secret_value(),
+        spec.base_url,
+        spec.api_key.get_secret_value(),
         timeout_s=settings.http_timeout_s,
         max_connections=max(settings.concurrency * 2, 8),
         observer=observer,
     )
+
+
+def make_clients(settings: Settings, metrics: Metrics | None = None) -> ServerClients:
+    """One client per configured Evolution server, by name (SPEC §10)."""
+    return ServerClients({spec.name: make_client(settings, metrics, spec)
+                          for spec in settings.servers})
 
 
 class Service:
@@ -109,27 +123,35 @@ class Service:
         self.stop = asyncio.Event()
         self.alive = asyncio.Event()  # the liveness lock's session is up: claiming is safe
         self.pool = make_pool(settings)
-        self.client = make_client(settings, self.metrics)
+        self.metrics.init_servers([(s.name, s.capacity, not s.accepts_placements)
+                                   for s in settings.servers])
+        self.clients = make_clients(settings, self.metrics)
+        self.client = self.clients.first
         self.owner = replica_id()
         self.store = CreationStore(self.pool, self.owner, settings.lease_s)
         self.provisioner = Provisioner(
-            self.client,
+            self.clients,
             webhook_spec(settings),
             integration=settings.integration,
             prefix=settings.instance_prefix,
         )
         options = ReconcileOptions.from_settings(settings, self.provisioner.webhook)
         self.reconcile = ReconcileScheduler(settings.dsn, Reconciler(
-            self.pool, self.client, options), self.metrics, settings.reconcile_interval_s)
+            self.pool, self.clients, options), self.metrics, settings.reconcile_interval_s)
+        work_metrics = WorkMetrics(self.metrics)
+        self.placer = Placer(self.store, settings.servers,
+                             backing_off=lambda: self.worker.breakers.paused(time.monotonic()),
+                             observer=work_metrics)
         self.creation = creation_kind(self.store, self.provisioner, settings.webhook_url,
-                                      list(WEBHOOK_EVENTS))
+                                      list(WEBHOOK_EVENTS), self.placer)
         kinds = [self.creation]
         if settings.deprovision:  # off: deletion rows stay pending (reconcile: orphan_row)
             kinds.append(deletion_kind(DeletionStore(self.pool, self.owner, settings.lease_s),
                                        self.client_for, settings.instance_prefix))
-        self.worker = ClaimLoop(loop_config(settings), kinds, attempt_config(settings),
-                                probe_for=lambda server: lambda: probe_evolution(self.client),
-                                observer=WorkMetrics(self.metrics), alive=self.alive)
+        self.worker = ClaimLoop(
+            loop_config(settings), kinds, attempt_config(settings),
+            probe_for=lambda server: lambda: probe_evolution(self.clients.client_for(server)),
+            observer=work_metrics, alive=self.alive, servers=[s.name for s in settings.servers])
         self.listen = ListenConnection(
             settings.dsn,
             on_notify=lambda note: self.worker.wake(),
@@ -158,27 +180,29 @@ class Service:
             self.alive.clear()
 
     def client_for(self, server: str | None) -> EvolutionClient:
-        """The client of the server an instance lives on (one server today)."""
-        return self.client
+        """The client of the server an instance lives on (`default` when none was recorded:
+        a row from before the fleet); an unlisted server raises UnknownServerError."""
+        return self.clients.client_for(server or DEFAULT_SERVER)
 
     def _on_connected(self, reconnected: bool) -> None:
         if reconnected:
             self.metrics.listen_reconnects.inc()
         self.worker.request_sweep()
 
-    def readiness(self) -> tuple[bool, str]:
+    def readiness(self) -> tuple[bool, str | None, dict[str, object]]:
         if self.stop.is_set():
-            return False, "shutting down"
+            return False, "shutting down", {}
         if not self.listen.connected:
-            return False, f"LISTEN connection down: {self.listen.last_error}"
+            return False, f"LISTEN connection down: {self.listen.last_error}", {}
         if self.worker.db_error is not None:
-            return False, f"database unreachable: {self.worker.db_error}"
-        reason = self.worker.backoff_reason()
-        if reason is not None:
-            return False, f"backing off: {reason}"
+            return False, f"database unreachable: {self.worker.db_error}", {}
+        fleet = fleet_readiness(self.worker.breakers.names, self.worker.breakers.open_reasons(),
+                                self.placer.watch.current)
+        if not fleet.ready:
+            return False, fleet.reason, {}
         if not self.worker.first_sweep_done.is_set():
-            return False, "starting: first sweep not done"
-        return True, "ok"
+            return False, "starting: first sweep not done", {}
+        return True, fleet.reason or "ok", fleet.details
 
     def request_stop(self, signame: str) -> None:
         if not self.stop.is_set():
@@ -193,11 +217,11 @@ class Service:
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         await self.ops.start()
         await self.pool.open(wait=False)
-        await self.client.start()
+        await self.clients.start()
         log.info(
             "starting",
             extra={"replica": self.owner, "database": self.settings.dsn_for_display,
-                   "evolution_api": self.settings.evolution_api_base_url,
+                   "evolution_api": {s.name: s.base_url for s in self.settings.servers},
                    "webhook_url": self.settings.webhook_url,
                    "concurrency": self.settings.concurrency,
                    "metrics": f"http://{self.ops.host}:{self.ops.port}/metrics"},
@@ -220,7 +244,7 @@ class Service:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await self.ops.stop()
-            await self.client.close()
+            await self.clients.close()
             await self.pool.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -258,6 +282,14 @@ class Service:
             {"pending": depth.pending, "processing": depth.processing, "failed": depth.failed},
             depth.oldest_pending_age_s,
         )
+        try:
+            usage = await self.store.server_usage()
+        except Exception as error:
+            log.debug("server gauges not refreshed", extra={"error": str(error)[:200]})
+            return
+        self.metrics.refresh_server_gauges(
+            {name: (u.instances, u.in_flight) for name, u in usage.items()},
+            [s.name for s in self.settings.servers])
 
     async def _maybe_cleanup(self) -> None:
         at = self.settings.cleanup_schedule

@@ -70,7 +70,7 @@ class InProcessService:
             if self.task is not None and self.task.done():
                 self.task.result()
                 raise AssertionError("service exited before it was ready")
-            ready, _ = self.service.readiness()
+            ready = self.service.readiness()[0]
             if ready:
                 return
             await asyncio.sleep(0.02)

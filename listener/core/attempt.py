@@ -11,16 +11,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from listener.core.breaker import Breakers
-from listener.core.jobs import JobKind
+from listener.core.jobs import JobKind, LeaseLost
 from listener.core.observer import WorkObserver
 from listener.core.outcome import Counts, Outcome
-from listener.core.settle import DatabaseHealth, settle
+from listener.core.settle import DB_ERRORS, DatabaseHealth, settle
 from listener.db.store import ClaimedEntry
 from listener.policy import (
+    FailureKind,
     RetryPolicy,
+    ServerWait,
     Verdict,
     classify,
     decide,
@@ -30,6 +32,8 @@ from listener.policy import (
 from listener.text import one_line
 
 log = logging.getLogger("listener.worker")
+
+DB_ERROR_WAIT_S = 1.0  # placement could not be recorded: look again soon, no retry spent
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,24 @@ class AttemptRunner:
         if reclaim_limit_exceeded(entry.reclaim_count, self.config.max_reclaims):
             return await self._abandon(kind, entry, fields)
 
+        try:
+            server = await kind.server_for(entry)  # before any HTTP: placement (SPEC §10)
+        except asyncio.CancelledError:
+            raise
+        except LeaseLost:
+            self.record(kind, Outcome.LOST)
+            log.warning("lease lost before placement; another replica owns the entry",
+                        extra=fields)
+            return Outcome.LOST
+        except DB_ERRORS as error:
+            self.health.failed(error)
+            return await self._failed(kind, entry, ServerWait(
+                f"placement not recorded: {one_line(error)}", DB_ERROR_WAIT_S), fields, None)
+        except Exception as error:  # a wait for room, a server no longer configured
+            return await self._failed(kind, entry, error, fields, None)
+        if entry.server != server:
+            entry = replace(entry, server=server)
+        fields["server"] = server
         # One INFO line per entry ("completed" or the failure's line) keeps the default log
         # level cheap under load; the start and each step are DEBUG, still carrying user_id
         # and attempt (SPEC 7). Their `extra` dicts are built only when DEBUG is on.
@@ -88,8 +110,8 @@ class AttemptRunner:
         except asyncio.CancelledError:
             raise
         except Exception as error:  # every failure is decided by the policy, none escapes
-            return await self._failed(kind, entry, error, fields)
-        self.breakers.get(kind.server).record_success()
+            return await self._failed(kind, entry, error, fields, server)
+        self.breakers.get(server).record_success()
         latency = await settle(lambda: kind.handler.complete(entry, result), self.health,
                                entry.user_id)
         if latency is None:
@@ -119,14 +141,19 @@ class AttemptRunner:
         return Outcome.FAILED
 
     async def _failed(self, kind: JobKind, entry: ClaimedEntry, error: Exception,
-                      fields: dict[str, object]) -> Outcome:
+                      fields: dict[str, object], server: str | None) -> Outcome:
+        """`server` None: the attempt never reached a server (placement failed), so no
+        breaker hears of it."""
         failure = classify(error)
         message = one_line(error)
         retry_after = getattr(error, "retry_after_s", None)
-        breaker = self.breakers.get(kind.server)
-        await breaker.record_failure(failure, entry.id, message, retry_after)
+        outage_open = False
+        if server is not None:
+            breaker = self.breakers.get(server)
+            await breaker.record_failure(failure, entry.id, message, retry_after)
+            outage_open = breaker.is_open
         decision = decide(failure, retry_count=entry.retry_count, policy=self.config.retry,
-                          outage_open=breaker.is_open, message=message,
+                          outage_open=outage_open, message=message,
                           retry_after_s=retry_after)
         action: Callable[[], Awaitable[bool]]
         if decision.verdict is Verdict.RETRY:
@@ -149,6 +176,8 @@ class AttemptRunner:
         if outcome is not Outcome.FAILED:
             self._wake()  # a new due time: the loop re-reads when to wake next
         level = logging.ERROR if outcome is Outcome.FAILED else logging.WARNING
+        if failure is FailureKind.NO_SERVER:
+            level = logging.DEBUG  # the placer logs once when the fleet starts waiting
         log.log(level, str(outcome), extra={**fields, "error": message, "kind": str(failure),
                                             "retry_count": decision.retry_count,
                                             "retry_in_s": decision.delay_s})

@@ -4,8 +4,8 @@ When the API is down for everyone (or rejects our key), failing users' entries o
 would spend their retries on our problem. The pure rules are `policy.OutageDetector` and
 `policy.RateLimitPause`; this class adds the I/O around them: a probe shared by tasks that
 fail at the same moment, and a probe loop that closes the breaker when the server is back.
-`Breakers` holds one per server name (today only "default"), so an attempt consults the
-breaker of the server its entry lives on.
+`Breakers` holds one per server name (SPEC §10), so an attempt consults the breaker of the
+server its entry is placed on, and an outage on one server pauses only the work placed there.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from listener.core.jobs import DEFAULT_SERVER
 from listener.core.observer import WorkObserver
 from listener.evolution.client import EvolutionClient
 from listener.evolution.errors import EvolutionError
+from listener.fleet.servers import DEFAULT_SERVER
 from listener.policy import FailureKind, OutageDetector, RateLimitPause, rate_limit_pause_s
 from listener.text import one_line
 
@@ -143,14 +143,19 @@ class Breaker:
 
 
 class Breakers:
-    """One breaker per Evolution server name, made on first use."""
+    """One breaker per Evolution server name: made eagerly for every configured server (so
+    "is every server backing off?" has an answer), lazily for a name met on an entry."""
 
     def __init__(self, probe_for: Callable[[str], Probe], observer: WorkObserver,
-                 on_recovered: Callable[[], None]) -> None:
+                 on_recovered: Callable[[], None],
+                 servers: Sequence[str] = (DEFAULT_SERVER,)) -> None:
         self._probe_for = probe_for
         self._observer = observer
         self._on_recovered = on_recovered
         self._by_server: dict[str, Breaker] = {}
+        self.names = tuple(servers) or (DEFAULT_SERVER,)
+        for name in self.names:
+            self.get(name)
 
     def get(self, server: str = DEFAULT_SERVER) -> Breaker:
         breaker = self._by_server.get(server)
@@ -160,12 +165,36 @@ class Breakers:
             self._by_server[server] = breaker
         return breaker
 
+    def _configured(self) -> list[Breaker]:
+        return [self._by_server[name] for name in self.names]
+
+    def paused(self, now: float) -> frozenset[str]:
+        """Servers whose placed work must not be claimed now (backing off or rate-paused)."""
+        return frozenset(b.server for b in self._by_server.values() if b.wait_s(now) > 0)
+
+    def blocked_s(self, now: float) -> float:
+        """0 while some configured server can take work; else how long all of them hold."""
+        return min(b.wait_s(now) for b in self._configured())
+
+    def resume_in_s(self, now: float) -> float:
+        """Soonest end of a rate pause (inf: none; an open breaker wakes the loop itself)."""
+        waits = (b.wait_s(now) for b in self._by_server.values())
+        return min((w for w in waits if w > 0), default=float("inf"))
+
+    def open_reasons(self) -> dict[str, str]:
+        """server -> reason of every open breaker (readiness JSON, logs)."""
+        return {b.server: b.reason for b in self._by_server.values()
+                if b.is_open and b.reason is not None}
+
     def open_reason(self) -> str | None:
-        """The reason of the first open breaker (readiness, the drain command)."""
-        for breaker in self._by_server.values():
-            if breaker.is_open:
-                return breaker.reason
-        return None
+        """Set only when every configured server backs off (the drain command, readiness):
+        one server down is not the service down."""
+        reasons = self.open_reasons()
+        if not all(name in reasons for name in self.names):
+            return None
+        if len(self.names) == 1:
+            return reasons[self.names[0]]
+        return "; ".join(f"{name}: {reasons[name]}" for name in self.names)
 
     def stop_probing(self) -> None:
         for breaker in self._by_server.values():

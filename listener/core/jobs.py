@@ -7,15 +7,24 @@ completes it). Today: creation. Deletion is a second `JobKind` on its own table.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from listener.core.store import JobStore
 from listener.db.store import ClaimedEntry
+from listener.fleet.servers import DEFAULT_SERVER
 
 StepReporter = Callable[[str, dict[str, object]], None]
-DEFAULT_SERVER = "default"
+
+# Which Evolution server an entry's attempt talks to, decided before any HTTP (SPEC §10):
+# creation places a new entry and records the choice on its row; raises
+# `policy.ServerWait` (no server can take it now) or `LeaseLost`.
+Placer = Callable[[ClaimedEntry], Awaitable[str]]
+
+
+class LeaseLost(Exception):
+    """The claim was no longer ours when placement tried to record the server."""
 
 
 class JobHandler(Protocol):
@@ -40,4 +49,11 @@ class JobKind:
     action: str  # what the log says an attempt does: "provisioning"
     store: JobStore
     handler: JobHandler
-    server: str = DEFAULT_SERVER  # whose outage breaker the attempt consults
+    # None: the server recorded on the entry (the deletion row's), else DEFAULT_SERVER.
+    placer: Placer | None = None
+
+    async def server_for(self, entry: ClaimedEntry) -> str:
+        """The server whose client and outage breaker an attempt of `entry` uses."""
+        if self.placer is not None:
+            return await self.placer(entry)
+        return entry.server or DEFAULT_SERVER

@@ -25,6 +25,7 @@ from listener.core.outcome import Counts, Outcome
 from listener.core.settle import DB_ERRORS, DatabaseHealth
 from listener.core.shutdown import finish_or_release
 from listener.db.store import ClaimedEntry
+from listener.fleet.servers import DEFAULT_SERVER
 from listener.text import one_line
 
 log = logging.getLogger("listener.worker")
@@ -68,14 +69,15 @@ class ClaimLoop:
 
     def __init__(self, config: LoopConfig, kinds: Sequence[JobKind], attempt: AttemptConfig,
                  probe_for: Callable[[str], Probe], observer: WorkObserver,
-                 alive: asyncio.Event | None = None) -> None:
+                 alive: asyncio.Event | None = None,
+                 servers: Sequence[str] = (DEFAULT_SERVER,)) -> None:
         if not kinds:
             raise ValueError("at least one kind of job")
         self.config = config
         self.kinds = tuple(kinds)
         self.observer = observer
         self.health = DatabaseHealth()
-        self.breakers = Breakers(probe_for, observer, on_recovered=self.wake)
+        self.breakers = Breakers(probe_for, observer, on_recovered=self.wake, servers=servers)
         self.attempts = AttemptRunner(attempt, self.breakers, self.health, observer,
                                       wake=self.wake)
         self.first_sweep_done = asyncio.Event()
@@ -161,22 +163,17 @@ class ClaimLoop:
             await self._shutdown()
 
     def _blocked_s(self, now: float) -> float:
-        """0 when some kind may claim; else how long every kind's breaker holds it."""
-        return min(self.breakers.get(kind.server).wait_s(now) for kind in self.kinds)
+        """0 while some Evolution server can take work; else how long all of them hold."""
+        return self.breakers.blocked_s(now)
 
     async def _claim_round(self) -> float:
         """Claim until nothing is due or capacity is full; return how long to sleep. Each
         kind still open in this round claims an even share of the free capacity, in turn,
         so one kind's backlog cannot starve another."""
         now = time.monotonic()
-        wait_s = self.config.sweep_interval_s
-        open_kinds = []
-        for kind in self.kinds:
-            blocked_s = self.breakers.get(kind.server).wait_s(now)
-            if blocked_s > 0:
-                wait_s = min(wait_s, blocked_s)
-            else:
-                open_kinds.append(kind)
+        paused = self.breakers.paused(now)  # their placed work waits there (SPEC §10)
+        wait_s = min(self.config.sweep_interval_s, self.breakers.resume_in_s(now))
+        open_kinds = list(self.kinds)
         while open_kinds:
             share = math.ceil(
                 (self.config.concurrency - len(self._inflight)) / len(open_kinds))
@@ -186,7 +183,7 @@ class ClaimLoop:
                     self._capacity_bound = True  # a finishing task wakes us
                     return self.config.sweep_interval_s
                 share = min(share, free)
-                entries, next_due_s = await kind.store.claim(share)
+                entries, next_due_s = await kind.store.claim(share, paused)
                 self.health.ok()
                 for entry in entries:
                     self._dispatch(kind, entry)
@@ -272,14 +269,12 @@ class ClaimLoop:
             self._wake.clear()
             now = time.monotonic()
             claimed = False
-            all_blocked = True
-            for kind in self.kinds:
-                if self.breakers.get(kind.server).wait_s(now) > 0:
-                    continue
-                all_blocked = False
+            all_blocked = self.breakers.blocked_s(now) > 0
+            paused = self.breakers.paused(now)
+            for kind in [] if all_blocked else self.kinds:
                 free = self.config.concurrency - len(self._inflight)
                 if free > 0:
-                    entries, _next_due = await kind.store.claim(free)
+                    entries, _next_due = await kind.store.claim(free, paused)
                     for entry in entries:
                         self._dispatch(kind, entry)
                     claimed = claimed or bool(entries)

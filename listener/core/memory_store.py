@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -30,6 +30,7 @@ class MemoryRow:
     lease_owner: str | None = None
     error_message: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    server: str | None = None
 
 
 class MemoryStore:
@@ -54,10 +55,12 @@ class MemoryStore:
         self.rows[row.id] = row
         return row
 
-    async def claim(self, limit: int) -> tuple[list[ClaimedEntry], float | None]:
+    async def claim(self, limit: int, paused: Collection[str] = ()
+                    ) -> tuple[list[ClaimedEntry], float | None]:
         self.claims += 1
         now = self.clock()
-        live = [r for r in self.rows.values() if r.status in ("pending", "processing")]
+        live = [r for r in self.rows.values() if r.status in ("pending", "processing")
+                and (r.server is None or r.server not in paused)]
         due = sorted((r for r in live if r.next_attempt_at <= now and r.id not in self.locked),
                      key=lambda r: (r.next_attempt_at, r.id))[: max(0, limit)]
         entries = []
@@ -71,7 +74,7 @@ class MemoryStore:
             entries.append(ClaimedEntry(id=row.id, user_id=row.user_id,
                                         retry_count=row.retry_count, claim_seq=row.claim_seq,
                                         reclaim_count=row.reclaim_count, reclaimed=reclaimed,
-                                        created_at=row.created_at))
+                                        created_at=row.created_at, server=row.server))
         claimed = {row.id for row in due}
         upcoming = [r.next_attempt_at for r in live if r.id not in claimed]
         return entries, (min(upcoming) - now) if upcoming else None

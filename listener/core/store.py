@@ -7,15 +7,18 @@ holds both to the same behaviour.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
 from listener.db.store import ClaimedEntry
 
 
 class JobStore(Protocol):
-    async def claim(self, limit: int) -> tuple[list[ClaimedEntry], float | None]:
-        """Up to `limit` due entries, claimed for this owner; and seconds until the next
-        row not claimed here is due (None: no work at all; <= 0: due but locked)."""
+    async def claim(self, limit: int, paused: Collection[str] = ()
+                    ) -> tuple[list[ClaimedEntry], float | None]:
+        """Up to `limit` due entries, claimed for this owner, none placed on a `paused`
+        Evolution server; and seconds until the next row not claimed here (nor paused) is
+        due (None: no work at all; <= 0: due but locked)."""
         ...
 
     async def schedule_retry(

@@ -120,6 +120,12 @@ TRY_LIVENESS_LOCK: Final = (
 
 # --- the work loop: one template per job table -----------------------------------------------
 
+# Rows placed on an Evolution server that backs off (or is rate-paused) are not claimed,
+# neither counted as upcoming (the loop would wake for rows it skips): that server's work
+# waits there and resumes when its breaker closes (SPEC §10). Unplaced rows (NULL) are
+# always claimable; placement then avoids the paused servers.
+_NOT_PAUSED: Final = "(server IS NULL OR server <> ALL(%(paused)s::text[]))"
+
 
 @dataclass(frozen=True)
 class JobTable:
@@ -154,6 +160,7 @@ WITH due AS (
     FROM {self.qualified} AS q
     WHERE status IN ('pending', 'processing')
       AND next_attempt_at <= now(){self.claim_guard}
+      AND {_NOT_PAUSED}
     ORDER BY next_attempt_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -170,15 +177,16 @@ WITH due AS (
     FROM due
     WHERE q.id = due.id
     RETURNING q.id, q.user_id, q.retry_count, q.attempts, q.reclaim_count,
-              due.previous_status, q.created_at
+              due.previous_status, q.created_at, q.server
 ), upcoming AS (
     SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8 AS next_due_s
     FROM {self.qualified}
     WHERE status IN ('pending', 'processing')
+      AND {_NOT_PAUSED}
       AND id NOT IN (SELECT id FROM due)
 )
 SELECT c.id, c.user_id, c.retry_count, c.attempts AS claim_seq, c.reclaim_count,
-       c.previous_status, c.created_at, u.next_due_s
+       c.previous_status, c.created_at, c.server, u.next_due_s
 FROM upcoming AS u
 LEFT JOIN claimed AS c ON true
 """
@@ -199,7 +207,7 @@ SET status = 'processing',
 WHERE q.user_id = %(user_id)s
   AND NOT (q.status = 'processing' AND q.lease_expires_at > now())
 RETURNING q.id, q.user_id, q.retry_count, q.attempts AS claim_seq, q.reclaim_count,
-          'pending'::text AS previous_status, q.created_at
+          'pending'::text AS previous_status, q.created_at, q.server
 """
 
     @cached_property
@@ -384,13 +392,14 @@ WITH input AS (
       AND q.status = 'processing'
       AND q.lease_owner = %(owner)s
       AND q.attempts = input.claim_seq
-    RETURNING q.id, q.attempts, q.user_id, q.created_at
+    RETURNING q.id, q.attempts, q.user_id, q.created_at, q.server
 ), recorded AS (
     INSERT INTO public.evolution_instances AS i
         (user_id, instance_name, instance_id, integration, webhook_url, webhook_events,
-         instance_token)
+         instance_token, server)
     SELECT done.user_id, input.instance_name, input.instance_id, input.integration,
-           %(webhook_url)s, %(webhook_events)s, input.instance_token
+           %(webhook_url)s, %(webhook_events)s, input.instance_token,
+           COALESCE(done.server, 'default')
     FROM done JOIN input ON input.id = done.id AND input.claim_seq = done.attempts
     ON CONFLICT (user_id) DO UPDATE
     SET instance_name = EXCLUDED.instance_name,
@@ -399,6 +408,7 @@ WITH input AS (
         webhook_url = EXCLUDED.webhook_url,
         webhook_events = EXCLUDED.webhook_events,
         instance_token = COALESCE(EXCLUDED.instance_token, i.instance_token),
+        server = EXCLUDED.server,
         updated_at = now()
     RETURNING i.user_id
 )
@@ -510,15 +520,8 @@ PLACE_LOCK: Final = f"""
 SELECT pg_catalog.pg_advisory_xact_lock({PLACEMENT_LOCK_CLASS}, pg_catalog.hashtext(%(server)s))
 """
 
-# The claim's fence, as every transition out of `processing` (the `attempts` column is the
-# claim's fencing token, `claim_seq` in Python).
-_PLACEMENT_FENCE: Final = """
-WHERE id = %(id)s
-  AND status = 'processing'
-  AND lease_owner = %(owner)s
-  AND attempts = %(claim_seq)s
-"""
-
+# A user who already has an instance (a manual retry or `provision --force` of an entry
+# completed before the fleet existed) keeps the server of that instance, whatever was chosen.
 # Write the chosen server to a claimed entry only when it has none yet (compare-and-set on
 # the lease's fencing token as every transition, and on `server IS NULL`), and only while
 # the server has room (`capacity` NULL = unlimited). Answers the server the entry is placed
@@ -531,18 +534,24 @@ WITH used AS (
             WHERE i.server = %(server)s)
          + (SELECT count(*) FROM public.evolution_instance_creation_queue AS q
             WHERE q.server = %(server)s AND {_IN_FLIGHT_ON_A_SERVER}) AS n
+), recorded AS (
+    SELECT i.server
+    FROM public.evolution_instances AS i
+    JOIN public.evolution_instance_creation_queue AS q ON q.user_id = i.user_id
+    WHERE q.id = %(id)s
 ), placed AS (
     UPDATE public.evolution_instance_creation_queue
-    SET server = %(server)s,
+    SET server = COALESCE((SELECT server FROM recorded), %(server)s),
         updated_at = now()
-    {_PLACEMENT_FENCE}
+    {LEASE_IS_OURS}
       AND server IS NULL
-      AND (%(capacity)s::integer IS NULL OR (SELECT n FROM used) < %(capacity)s::integer)
+      AND (EXISTS (SELECT 1 FROM recorded)
+           OR %(capacity)s::integer IS NULL OR (SELECT n FROM used) < %(capacity)s::integer)
     RETURNING server
 )
 SELECT COALESCE((SELECT server FROM placed), server) AS server
 FROM public.evolution_instance_creation_queue
-{_PLACEMENT_FENCE}
+{LEASE_IS_OURS}
 """
 
 # =============================================================================================
@@ -628,7 +637,8 @@ RECONCILE_CREATIONS: Final = """
 SELECT user_id, status FROM public.evolution_instance_creation_queue
 """
 RECONCILE_INSTANCE_ROWS: Final = """
-SELECT user_id, instance_name, instance_id, instance_token, webhook_url, webhook_events
+SELECT user_id, instance_name, instance_id, instance_token, webhook_url, webhook_events,
+       server
 FROM public.evolution_instances
 """
 RECONCILE_DELETIONS: Final = """

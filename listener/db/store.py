@@ -9,6 +9,7 @@ one `JobTable`; `CreationStore` adds what only creations do. Rows are read by co
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,7 @@ class ClaimedEntry:
     reclaim_count: int
     reclaimed: bool
     created_at: datetime
+    server: str | None = None  # the Evolution server it is placed on (None: not yet)
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,20 @@ def _entry(row: dict[str, Any]) -> ClaimedEntry:
         reclaim_count=row["reclaim_count"],
         reclaimed=row["previous_status"] == "processing",
         created_at=row["created_at"],
+        server=row.get("server"),
     )
+
+
+@dataclass(frozen=True)
+class ServerUsage:
+    """One server's instances recorded and placements in flight (SPEC §10)."""
+
+    instances: int
+    in_flight: int
+
+    @property
+    def used(self) -> int:
+        return self.instances + self.in_flight
 
 
 class LeaseStore:
@@ -100,12 +115,14 @@ class LeaseStore:
             await cursor.execute(sql.encode(), params)
             return await cursor.fetchall() if cursor.description else []
 
-    async def claim(self, limit: int) -> tuple[list[ClaimedEntry], float | None]:
-        """Claim up to `limit` due entries; also seconds until the next unclaimed row is
-        due (None when the queue holds no work at all)."""
+    async def claim(self, limit: int, paused: Collection[str] = ()
+                    ) -> tuple[list[ClaimedEntry], float | None]:
+        """Claim up to `limit` due entries, none placed on a `paused` server; also seconds
+        until the next unclaimed row is due (None when the queue holds no work at all)."""
         rows = await self._fetchall(
             self.table.claim_due,
-            {"limit": max(0, limit), "owner": self.owner, "lease_s": self.lease_s},
+            {"limit": max(0, limit), "owner": self.owner, "lease_s": self.lease_s,
+             "paused": sorted(paused)},
         )
         entries = [_entry(row) for row in rows if row["id"] is not None]
         next_due = rows[0]["next_due_s"] if rows else None
@@ -167,6 +184,30 @@ class CreationStore(LeaseStore):
 
     async def enqueue(self, user_id: uuid.UUID) -> None:
         await self._fetchall(queries.ENQUEUE_USER, {"user_id": user_id})
+
+    async def server_usage(self) -> dict[str, ServerUsage]:
+        """Per server: instances recorded there and placements in flight."""
+        rows = await self._fetchall(queries.SERVER_USAGE)
+        return {str(row["server"]): ServerUsage(int(row["instances"]), int(row["in_flight"]))
+                for row in rows if row["server"] is not None}
+
+    async def place(self, entry: ClaimedEntry, server: str, capacity: int | None
+                    ) -> tuple[bool, str | None]:
+        """Record `server` on the claimed entry unless it has one (fenced on the claim, and
+        only while the server has room). (False, None): the lease is lost; (True, name):
+        the entry's server (this one, or an earlier choice to keep); (True, None): the
+        server filled meanwhile."""
+        params = {**self._cas(entry), "server": server, "capacity": capacity}
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = conn.cursor(row_factory=dict_row)
+            if capacity is not None:
+                await cursor.execute(queries.PLACE_LOCK.encode(), params)
+            await cursor.execute(queries.PLACE.encode(), params)
+            rows = await cursor.fetchall()
+        if not rows:
+            return False, None
+        placed = rows[0]["server"]
+        return True, None if placed is None else str(placed)
 
     async def queue_row(self, user_id: uuid.UUID) -> QueueRow | None:
         rows = await self._fetchall(queries.QUEUE_ROW_BY_USER, {"user_id": user_id})

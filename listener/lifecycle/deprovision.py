@@ -21,11 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from listener.core.jobs import DEFAULT_SERVER, JobKind, StepReporter
+from listener.core.jobs import JobKind, StepReporter
 from listener.db.deletion_store import DeletionStore, DeletionTarget
 from listener.db.store import ClaimedEntry
 from listener.evolution.errors import EvolutionError, NotFoundError, TransientError
 from listener.evolution.models import InstanceInfo
+from listener.fleet.servers import DEFAULT_SERVER
 from listener.lifecycle.provision import instance_name_for
 
 

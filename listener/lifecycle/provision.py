@@ -19,6 +19,9 @@ from listener.db.store import ClaimedEntry, CreationStore, InstanceRecord
 from listener.evolution.client import EvolutionClient
 from listener.evolution.errors import AlreadyExistsError, InvalidResponseError, TransientError
 from listener.evolution.models import WebhookSpec
+from listener.fleet.servers import DEFAULT_SERVER
+from listener.lifecycle.clients import ServerClients
+from listener.lifecycle.placing import Placer
 
 
 def instance_name_for(prefix: str, user_id: uuid.UUID) -> str:
@@ -44,23 +47,32 @@ class Provisioner:
 
     def __init__(
         self,
-        client: EvolutionClient,
+        clients: ServerClients | EvolutionClient,
         webhook: WebhookSpec,
         *,
         integration: str,
         prefix: str,
     ) -> None:
-        self.client = client
+        if isinstance(clients, EvolutionClient):  # one server: named `default`
+            clients = ServerClients({DEFAULT_SERVER: clients})
+        self.clients = clients
         self.webhook = webhook
         self.integration = integration
         self.prefix = prefix
 
+    @property
+    def client(self) -> EvolutionClient:
+        """The first server's client (single-server callers)."""
+        return self.clients.first
+
     async def provision(
-        self, user_id: uuid.UUID, report: StepReporter = _quiet
+        self, user_id: uuid.UUID, report: StepReporter = _quiet, server: str | None = None
     ) -> Provisioned:
+        """On `server` (the entry's recorded one; None: the first configured server)."""
+        client = self.clients.first if server is None else self.clients.client_for(server)
         name = instance_name_for(self.prefix, user_id)
         try:
-            created = await self.client.create_instance(
+            created = await client.create_instance(
                 name, integration=self.integration, webhook=self.webhook
             )
             report("created", {"instance": name, "instance_id": created.instance_id})
@@ -74,7 +86,7 @@ class Provisioner:
         except AlreadyExistsError:
             # Ours from an earlier attempt whose answer was lost, or a manual retry of a
             # completed user: adopt it.
-            found = await self.client.fetch_instance(name)
+            found = await client.fetch_instance(name)
             if found is None:
                 raise TransientError(
                     f"instance {name} is reported in use but not listed (a delete may still "
@@ -91,7 +103,7 @@ class Provisioner:
             )
         # Creation stores the webhook without validating it and ignores `enabled`; the set
         # endpoint validates and upserts, and its answer is the stored row we verify.
-        state = await self.client.set_webhook(name, self.webhook)
+        state = await client.set_webhook(name, self.webhook)
         if not state.matches(self.webhook):
             raise InvalidResponseError(
                 f"webhook of {name} does not match after set (url or events differ)",
@@ -110,7 +122,7 @@ class CreationJob:
         self.completions = completions
 
     async def attempt(self, entry: ClaimedEntry, report: StepReporter) -> Provisioned:
-        return await self.provisioner.provision(entry.user_id, report)
+        return await self.provisioner.provision(entry.user_id, report, entry.server)
 
     async def complete(self, entry: ClaimedEntry, result: Provisioned) -> float | None:
         # No register_secret(token) per entry: it recompiled one regex of every token ever
@@ -129,9 +141,11 @@ class CreationJob:
 
 
 def creation_kind(store: CreationStore, provisioner: Provisioner, webhook_url: str,
-                  webhook_events: list[str]) -> JobKind:
-    """The creation queue as a kind of job: its store, its handler, its batched completion."""
+                  webhook_events: list[str], placer: Placer | None = None) -> JobKind:
+    """The creation queue as a kind of job: its store, its handler, its batched completion,
+    and the placement of a new entry on a server before its first create call."""
     batcher: CompletionBatcher[InstanceRecord] = CompletionBatcher(
         lambda done: store.complete_many(done, webhook_url, webhook_events))
     return JobKind(name="creation", action="provisioning", store=store,
-                   handler=CreationJob(provisioner, batcher))
+                   handler=CreationJob(provisioner, batcher),
+                   placer=None if placer is None else placer.server_for)

@@ -4,7 +4,9 @@
   proves the loop turns; it checks nothing else, because restarting a process does not
   fix an unreachable database.
 - `/readyz`: readiness. 200 `{"ready": true}` when the database is reachable, LISTEN is
-  active and no global back-off is open; otherwise 503 `{"ready": false, "reason": ...}`.
+  active and some Evolution server can take work (JSON may add what is degraded: servers
+  backing off, placement waiting because every server is full); otherwise 503
+  `{"ready": false, "reason": ...}`.
   The decision is the caller's callback: this module knows HTTP, not the worker.
 - `/metrics`: Prometheus exposition of `Metrics.registry`.
 
@@ -24,7 +26,9 @@ __all__ = ["OpsServer", "Readiness"]
 
 _log = logging.getLogger(__name__)
 
-Readiness = Callable[[], tuple[bool, str]]
+# (ready, reason) or (ready, reason, details): details are extra JSON keys of the answer
+# (what is degraded while still ready: servers backing off, placement waiting; SPEC §10).
+Readiness = Callable[[], tuple[bool, str] | tuple[bool, str | None, dict[str, object]]]
 
 
 class OpsServer:
@@ -92,12 +96,18 @@ class OpsServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         try:
-            ready, reason = self._readiness()
+            answer = self._readiness()
+            ready, reason = answer[0], answer[1]
+            details: dict[str, object] = answer[2] if len(answer) > 2 else {}
         except Exception as error:  # a broken check means "not ready", never a 500
             _log.warning("readiness check raised", exc_info=True)
             ready, reason = False, f"readiness check failed: {type(error).__name__}"
+            details = {}
         if ready:
-            return web.json_response({"ready": True})
+            body: dict[str, object] = {"ready": True, **details}
+            if details and reason:
+                body["reason"] = reason
+            return web.json_response(body)
         return web.json_response({"ready": False, "reason": reason or "not ready"}, status=503)
 
     async def _metrics_handler(self, request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import choose_encoder, generate_latest
@@ -112,8 +112,8 @@ class Metrics:
     - `deprovisioned`: evolution_listener_deprovisioned_total; outcome (deletions)
     - `provisioning_latency`: evolution_listener_provisioning_latency_seconds (histogram)
     - `evolution_request_duration`: evolution_listener_evolution_request_duration_seconds;
-      operation
-    - `evolution_errors`: evolution_listener_evolution_errors_total; operation, status
+      operation, server
+    - `evolution_errors`: evolution_listener_evolution_errors_total; operation, status, server
     - `queue_depth`: evolution_listener_queue_depth; state
     - `oldest_pending_age`: evolution_listener_oldest_pending_age_seconds
     - `listen_connected`: evolution_listener_listen_connected (0/1)
@@ -122,7 +122,10 @@ class Metrics:
     - `reclaimed_leases`: evolution_listener_reclaimed_leases_total
     - `rescued`: evolution_listener_rescued_total; kind (rows of dead replicas made due)
     - `claimed`: evolution_listener_claimed_entries_total (rows, not statements)
-    - `backoff_active`: evolution_listener_backoff_active (0/1)
+    - `backoff_active`: evolution_listener_backoff_active (0/1); server
+    - fleet (SPEC §10): servers_full (0/1), placement_waits_total{reason},
+      placements_total{server}, server_instances{server}, server_in_flight{server},
+      server_capacity{server} (no sample for an unlimited server), server_draining{server}
     - `build_info`: evolution_listener_build_info; version, python
     plus the standard process_* collector (memory, CPU, file descriptors).
 
@@ -160,8 +163,9 @@ class Metrics:
         )
         self.evolution_request_duration = Histogram(
             "evolution_request_duration_seconds",
-            "Evolution API request duration by operation, in seconds (errors included).",
-            ["operation"],
+            "Evolution API request duration by operation and server, in seconds "
+            "(errors included).",
+            ["operation", "server"],
             namespace=ns,
             registry=reg,
             buckets=EVOLUTION_REQUEST_BUCKETS_S,
@@ -169,8 +173,8 @@ class Metrics:
         self.evolution_errors = Counter(
             "evolution_errors",
             "Failed Evolution API requests by operation and status "
-            "(HTTP code such as 500 or 429, or timeout, reset, connect).",
-            ["operation", "status"],
+            "(HTTP code such as 500 or 429, or timeout, reset, connect), per server.",
+            ["operation", "status", "server"],
             namespace=ns,
             registry=reg,
         )
@@ -229,7 +233,9 @@ class Metrics:
         )
         self.backoff_active = Gauge(
             "backoff_active",
-            "1 while the global back-off (bad key, Evolution API down, 429) pauses claiming.",
+            "1 while the back-off of this Evolution server (bad key, server down, 429) pauses "
+            "the work placed on it.",
+            ["server"],
             namespace=ns,
             registry=reg,
         )
@@ -254,8 +260,8 @@ class Metrics:
         for status in QUEUE_STATUSES:
             self.queue_depth.labels(state=status).set(0)
         self.listen_connected.set(0)
-        self.backoff_active.set(0)
         self._init_lifecycle_metrics()
+        self._init_fleet_metrics()
 
     def refresh_queue_gauges(
         self, counts: Mapping[str, int], oldest_pending_age_s: float | None
@@ -278,6 +284,56 @@ class Metrics:
             return generate_latest(self.registry), "text/plain; version=0.0.4; charset=utf-8"
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+    # --- many Evolution servers (SPEC §10) ---------------------------------------------------
+
+    def _init_fleet_metrics(self) -> None:
+        reg, ns = self.registry, NAMESPACE
+        self.servers_full = Gauge(
+            "servers_full",
+            "1 while every active Evolution server is full: new signups wait (a capacity "
+            "alert, not an outage).", namespace=ns, registry=reg)
+        self.placement_waits = Counter(
+            "placement_waits", "Entries that found no Evolution server to be placed on, by "
+            "reason (all_full, none_active, all_backing_off).",
+            ["reason"], namespace=ns, registry=reg)
+        self.placements = Counter(
+            "placements", "New entries placed on an Evolution server.", ["server"],
+            namespace=ns, registry=reg)
+        self.server_instances = Gauge(
+            "server_instances", "Instances recorded on each Evolution server (database-wide: "
+            "aggregate with max()).", ["server"], namespace=ns, registry=reg)
+        self.server_in_flight = Gauge(
+            "server_in_flight", "Entries placed on each Evolution server and not finished.",
+            ["server"], namespace=ns, registry=reg)
+        self.server_capacity = Gauge(
+            "server_capacity", "The configured capacity of each bounded Evolution server.",
+            ["server"], namespace=ns, registry=reg)
+        self.server_draining = Gauge(
+            "server_draining", "1 for an Evolution server in state draining (no new "
+            "placements).", ["server"], namespace=ns, registry=reg)
+        self.servers_full.set(0)
+
+    def init_servers(self, servers: Sequence[tuple[str, int | None, bool]]) -> None:
+        """Label children for each configured server (name, capacity, draining), so every
+        series exists from the first scrape."""
+        for name, capacity, draining in servers:
+            self.backoff_active.labels(server=name).set(0)
+            self.placements.labels(server=name)
+            self.server_instances.labels(server=name).set(0)
+            self.server_in_flight.labels(server=name).set(0)
+            if capacity is not None:
+                self.server_capacity.labels(server=name).set(capacity)
+            self.server_draining.labels(server=name).set(1 if draining else 0)
+
+    def refresh_server_gauges(self, usage: Mapping[str, tuple[int, int]],
+                              names: Sequence[str]) -> None:
+        """server -> (instances, in flight), from one SERVER_USAGE read; a configured
+        server missing from it holds nothing."""
+        for name in {*names, *usage}:
+            instances, in_flight = usage.get(name, (0, 0))
+            self.server_instances.labels(server=name).set(instances)
+            self.server_in_flight.labels(server=name).set(in_flight)
 
     # --- the instance's whole life (SPEC §9) ------------------------------------------------
 
@@ -363,4 +419,15 @@ class WorkMetrics:
             self.metrics.provisioning_latency.observe(latency_s)
 
     def backoff(self, server: str, active: bool) -> None:
-        self.metrics.backoff_active.set(1 if active else 0)
+        self.metrics.backoff_active.labels(server=server).set(1 if active else 0)
+
+    # PlacementObserver (lifecycle/placing.py)
+    def placed(self, server: str) -> None:
+        self.metrics.placements.labels(server=server).inc()
+
+    def placement_wait(self, reason: str, servers_full: bool) -> None:
+        self.metrics.placement_waits.labels(reason=reason).inc()
+        self.metrics.servers_full.set(1 if servers_full else 0)
+
+    def placement_resumed(self) -> None:
+        self.metrics.servers_full.set(0)

@@ -414,7 +414,8 @@ def test_stats_matches_the_seed_monitoring_sql(db: TestDatabase) -> None:
     assert "(queue is empty)" in empty_text.out_lines, str(empty_text)
     assert "oldest pending: none" in empty_text.out_lines, str(empty_text)
     assert json.loads(empty_json.stdout) == {"by_status": {}, "oldest_pending_age_s": None,
-                                             "recent_failures": [], "deletions": {}}
+                                             "recent_failures": [], "deletions": {},
+                                             "servers": {}}
 
     groups = _mixed_queue(db.dsn)
     pending = groups["pending"][1]

@@ -108,12 +108,12 @@ def test_readyz_follows_the_listen_connection_and_metrics_count_what_happened(
     assert sample(samples, PREFIX + "listen_reconnects_total") == 1
     assert sample(samples, PREFIX + "listen_connected") == 1
     assert sample(samples, PREFIX + "reclaimed_leases_total") == 0
-    assert sample(samples, PREFIX + "backoff_active") == 0
+    assert sample(samples, PREFIX + "backoff_active", server="default") == 0
     assert sample(samples, PREFIX + "provisioning_latency_seconds_count") == 6
     assert sample(samples, PREFIX + "provisioning_latency_seconds_bucket", le="+Inf") == 6
     assert 0 < sample(samples, PREFIX + "provisioning_latency_seconds_sum") < 60
     creates = sample(samples, PREFIX + "evolution_request_duration_seconds_count",
-                     operation="create_instance")
+                     operation="create_instance", server="default")
     assert creates == 6
     for queue_status in ("pending", "processing", "completed", "failed"):
         sample(samples, PREFIX + "queue_depth", state=queue_status)  # exported, even at 0
@@ -153,9 +153,9 @@ def test_metrics_count_failures_by_outcome_and_status(
     assert sample(samples, PREFIX + "provisioned_total", outcome="failed") == 1
     assert sample(samples, PREFIX + "claimed_entries_total") == 4
     assert sample(samples, PREFIX + "evolution_errors_total", operation="create_instance",
-                  status="500") == 1
+                  status="500", server="default") == 1
     assert sample(samples, PREFIX + "evolution_errors_total", operation="create_instance",
-                  status="400") == 1
+                  status="400", server="default") == 1
 
 
 # --- sd_notify -----------------------------------------------------------------------------

@@ -156,3 +156,32 @@ def test_the_migration_adds_the_column_to_the_deletion_queue_when_it_exists(
         "SELECT data_type FROM information_schema.columns WHERE table_schema = 'public' "
         "AND table_name = 'evolution_instance_deletion_queue' AND column_name = 'server'"
     ) == "text"
+
+
+def test_place_keeps_the_server_of_an_instance_the_user_already_has(db: TestDatabase) -> None:
+    # A completed entry of the single-server era (row server NULL), retried by hand: its
+    # instance lives on `default`, so placement answers `default`, never a second instance.
+    user = _instance(db, "b")
+    db.query("UPDATE evolution_instance_creation_queue SET status = 'pending', server = NULL "
+             "WHERE user_id = %s", (user,))
+    lease = _claim(db, user)
+    assert _place(db.service_dsn, lease, "a", 1) == ["b"]
+    assert db.scalar("SELECT server FROM evolution_instance_creation_queue WHERE user_id = %s",
+                     (user,)) == "b"
+
+
+def test_completion_records_the_placed_server_on_the_instance(db: TestDatabase) -> None:
+    placed, unplaced = _signup(db), _signup(db)
+    leases = [_claim(db, placed), _claim(db, unplaced)]
+    assert _place(db.service_dsn, leases[0], "b", None) == ["b"]
+    with psycopg.connect(db.service_dsn, autocommit=True) as conn:
+        rows = conn.execute(queries.COMPLETE_MANY, {
+            "owner": "r1", "ids": [lease["id"] for lease in leases],
+            "claim_seqs": [lease["claim_seq"] for lease in leases],
+            "instance_names": [f"evo-{placed}", f"evo-{unplaced}"],
+            "instance_ids": [None, None], "integrations": ["WHATSAPP-BAILEYS"] * 2,
+            "tokens": [None, None], "webhook_url": "https://x.test/hook",
+            "webhook_events": ["MESSAGES_UPSERT"]}).fetchall()
+    assert len(rows) == 2
+    servers = dict(db.query("SELECT user_id, server FROM evolution_instances"))
+    assert servers == {placed: "b", unplaced: "default"}

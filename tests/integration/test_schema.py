@@ -191,7 +191,7 @@ def _claim_plan(db: TestDatabase) -> dict[str, object]:
     with psycopg.connect(db.dsn, cursor_factory=psycopg.ClientCursor) as conn:
         cursor = conn.execute(
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + queries.CLAIM_DUE,
-            {"limit": 8, "owner": "explain", "lease_s": 60},
+            {"limit": 8, "owner": "explain", "lease_s": 60, "paused": []},
         )
         row = cursor.fetchone()
         assert row is not None

@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import psycopg
 import pytest
@@ -458,10 +458,10 @@ async def test_a_due_row_locked_elsewhere_is_not_polled_in_a_tight_loop(
     claims = 0
     original = store.claim
 
-    async def counting_claim(limit: int) -> object:
+    async def counting_claim(limit: int, paused: Collection[str] = ()) -> object:
         nonlocal claims
         claims += 1
-        return await original(limit)
+        return await original(limit, paused)
 
     store.claim = counting_claim  # type: ignore[method-assign]
     try:
@@ -490,9 +490,9 @@ async def test_a_hung_claim_is_reported_as_stalled_for_the_watchdog(
     release = asyncio.Event()
     original = service.service.store.claim
 
-    async def hanging_claim(limit: int) -> object:
+    async def hanging_claim(limit: int, paused: Collection[str] = ()) -> object:
         await release.wait()
-        return await original(limit)
+        return await original(limit, paused)
 
     try:
         assert not worker.stalled(limit_s=0.2)

@@ -24,14 +24,18 @@ from tests.monitoring_names import (
 
 pytestmark = pytest.mark.unit
 
-DATABASE_WIDE = ("evolution_listener_queue_depth", "evolution_listener_oldest_pending_age_seconds")
+DATABASE_WIDE = ("evolution_listener_queue_depth", "evolution_listener_oldest_pending_age_seconds",
+                 "evolution_listener_server_instances", "evolution_listener_server_in_flight")
 
 
 def _exported_sample_names() -> set[str]:
     metrics = Metrics()
     # Labelled series appear once their labels are used (the service's first request).
-    metrics.evolution_request_duration.labels(operation="create_instance").observe(0.1)
-    metrics.evolution_errors.labels(operation="create_instance", status="500").inc()
+    metrics.init_servers([("a", 80, False), ("b", None, True)])
+    metrics.evolution_request_duration.labels(operation="create_instance",
+                                              server="a").observe(0.1)
+    metrics.evolution_errors.labels(operation="create_instance", status="500",
+                                    server="a").inc()
     body, _ = metrics.render()
     return {name for name, _ in parse_metrics(body.decode())}
 
@@ -49,6 +53,9 @@ def test_dashboard_covers_the_operators_questions() -> None:
                    "evolution_listener_queue_depth",
                    "evolution_listener_oldest_pending_age_seconds",
                    "evolution_listener_backoff_active",
+                   "evolution_listener_server_instances",
+                   "evolution_listener_server_capacity",
+                   "evolution_listener_servers_full",
                    "evolution_listener_listen_reconnects_total"):
         assert needed in named, needed
 

@@ -30,6 +30,13 @@ EXPECTED = {
     "evolution_listener_reclaimed_leases": "counter",
     "evolution_listener_claimed_entries": "counter",
     "evolution_listener_backoff_active": "gauge",
+    "evolution_listener_servers_full": "gauge",
+    "evolution_listener_placement_waits": "counter",
+    "evolution_listener_placements": "counter",
+    "evolution_listener_server_instances": "gauge",
+    "evolution_listener_server_in_flight": "gauge",
+    "evolution_listener_server_capacity": "gauge",
+    "evolution_listener_server_draining": "gauge",
     # Info is exposed as a gauge of value 1 in the Prometheus text format.
     "evolution_listener_build_info": "gauge",
 }
@@ -112,20 +119,27 @@ def test_provisioning_latency_buckets_span_1ms_to_600s() -> None:
 
 def test_evolution_request_duration_and_errors_by_operation_and_status() -> None:
     metrics = Metrics()
-    metrics.evolution_request_duration.labels(operation="create_instance").observe(0.02)
+    metrics.evolution_request_duration.labels(operation="create_instance",
+                                              server="a").observe(0.02)
     for status in ("500", "429", "timeout", "reset", "connect", "500"):
-        metrics.evolution_errors.labels(operation="create_instance", status=status).inc()
+        metrics.evolution_errors.labels(operation="create_instance", status=status,
+                                        server="a").inc()
+    metrics.evolution_errors.labels(operation="create_instance", status="500",
+                                    server="b").inc()
     assert (
         _value(
             metrics,
             "evolution_listener_evolution_request_duration_seconds_count",
             operation="create_instance",
+            server="a",
         )
         == 1
     )
     errors = "evolution_listener_evolution_errors_total"
-    assert _value(metrics, errors, operation="create_instance", status="500") == 2
-    assert _value(metrics, errors, operation="create_instance", status="timeout") == 1
+    assert _value(metrics, errors, operation="create_instance", status="500", server="a") == 2
+    assert _value(metrics, errors, operation="create_instance", status="500", server="b") == 1
+    assert _value(metrics, errors, operation="create_instance", status="timeout",
+                  server="a") == 1
 
 
 def test_refresh_queue_gauges_resets_statuses_that_disappear() -> None:
@@ -153,14 +167,18 @@ def test_refresh_queue_gauges_resets_statuses_that_disappear() -> None:
 def test_state_gauges_and_counters() -> None:
     metrics = Metrics()
     assert _value(metrics, "evolution_listener_listen_connected") == 0
-    assert _value(metrics, "evolution_listener_backoff_active") == 0
+    metrics.init_servers([("a", 80, False), ("b", None, True)])
+    assert _value(metrics, "evolution_listener_backoff_active", server="a") == 0
+    assert _value(metrics, "evolution_listener_server_capacity", server="a") == 80
+    assert _value(metrics, "evolution_listener_server_draining", server="b") == 1
     metrics.listen_connected.set(1)
-    metrics.backoff_active.set(1)
+    metrics.backoff_active.labels(server="b").set(1)
     metrics.listen_reconnects.inc()
     metrics.reclaimed_leases.inc(2)
     metrics.claimed.inc(7)
     assert _value(metrics, "evolution_listener_listen_connected") == 1
-    assert _value(metrics, "evolution_listener_backoff_active") == 1
+    assert _value(metrics, "evolution_listener_backoff_active", server="b") == 1
+    assert _value(metrics, "evolution_listener_backoff_active", server="a") == 0
     assert _value(metrics, "evolution_listener_listen_reconnects_total") == 1
     assert _value(metrics, "evolution_listener_reclaimed_leases_total") == 2
     assert _value(metrics, "evolution_listener_claimed_entries_total") == 7

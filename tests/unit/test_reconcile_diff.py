@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -322,3 +323,26 @@ def test_patience_gives_up_on_an_outage_after_its_bound() -> None:
         asyncio.run(patience.call(request))
     assert 3 <= calls <= 10 and clock.now <= 10.0
     assert max(clock.sleeps) <= 5.0
+
+
+def test_an_instance_on_another_server_than_recorded_is_a_mismatch_never_missing() -> None:
+    user = uuid.uuid4()
+    desired = DesiredState(profiles=frozenset({user}), creations={user: "completed"},
+                           instance_rows={user: replace(row(user), server="a")})
+    observed = ObservedState(instances={name(user): server(user)},
+                             found_on={name(user): "b"})
+    [item] = diff(desired, observed, CONFIG)
+    assert item.kind == "instance_id_mismatch" and item.fields == ("server",)
+    assert item.server == "b" and "recorded on server a, found on b" in item.detail
+    # Found where recorded: nothing.
+    same = ObservedState(instances={name(user): server(user)}, found_on={name(user): "a"},
+                         webhooks={name(user): None})
+    assert kinds(diff(desired, same, CONFIG)) == ["webhook_drift"]
+
+
+def test_a_server_not_observed_this_round_makes_its_rows_neither_missing_nor_orphaned() -> None:
+    user = uuid.uuid4()
+    desired = DesiredState(profiles=frozenset({user}), creations={user: "completed"},
+                           instance_rows={user: replace(row(user), server="a")})
+    assert kinds(diff(desired, ObservedState(instances={}), CONFIG)) == ["missing_instance"]
+    assert diff(desired, ObservedState(instances={}, unobserved=frozenset({"a"})), CONFIG) == []

@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of the simulator's fault draws (default: random)")
     parser.add_argument("--drain-timeout", type=_positive_float, default=60.0, metavar="S",
                         help="how long to wait for the last entries after the last signup")
+    parser.add_argument("--servers", type=number(int, at_least=1, at_most=5), default=1,
+                        help="how many simulated Evolution servers (default 1); with more, "
+                             "new instances are placed by share of capacity (SPEC §10)")
+    parser.add_argument("--capacities", default=None, metavar="N,N,...",
+                        help="capacity of each server (default with --servers 2 or more: "
+                             "1, 2, 3... parts of 1.2 x the signups, so they fill by share)")
     parser.add_argument("--keep", action="store_true",
                         help="leave the database running and print its DSN (for psql)")
     parser.add_argument("--plain", action="store_true",
@@ -69,6 +75,8 @@ class DemoOptions:
     drain_timeout_s: float
     keep: bool
     plain: bool
+    servers: int = 1
+    capacities: tuple[int, ...] = ()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoOptions:
@@ -79,4 +87,23 @@ class DemoOptions:
             reject=max(0, min(args.reject, args.signups)), retry_base_ms=args.retry_base_ms,
             concurrency=args.concurrency, seed=args.seed,
             drain_timeout_s=args.drain_timeout, keep=args.keep, plain=args.plain,
+            servers=args.servers, capacities=capacities(args.capacities, args.servers,
+                                                        args.signups),
         )
+
+
+def capacities(text: str | None, servers: int, signups: int) -> tuple[int, ...]:
+    """The servers' capacities: as given, or 1, 2, 3... parts of 1.2 x the signups (one
+    server: unlimited). Raises SystemExit (argparse's way) on a bad list."""
+    if text is not None:
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise SystemExit(f"--capacities: not a list of integers: {text}") from None
+        if len(values) != servers or min(values) < 1:
+            raise SystemExit(f"--capacities: {servers} positive integers expected")
+        return values
+    if servers == 1:
+        return ()
+    parts = servers * (servers + 1) // 2
+    return tuple(-(-(signups * 6 * (i + 1)) // (5 * parts)) for i in range(servers))

@@ -109,6 +109,8 @@ class Outcome:
     first_try_ms: list[float] = field(default_factory=list)
     service_exit: int | None = None
     signup_seconds: float = 0.0
+    per_server: dict[str, int] = field(default_factory=dict)  # evolution_instances.server
+    per_server_simulated: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -132,6 +134,7 @@ class Demo:
         self.users: list[uuid.UUID] = []
         self.rejected: set[uuid.UUID] = set()
         self.outcome = Outcome(signups=options.signups)
+        self.servers: list[str] = []  # names, with --servers 2 or more
 
     def say(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -284,7 +287,8 @@ class Demo:
     # -- the whole run --------------------------------------------------------------------
 
     async def run(self) -> int:
-        from listener.dev.simulator import running_simulator
+        from listener.dev.fleet import DevServer, write_servers_file
+        from listener.dev.simulator import running_simulators
 
         o = self.options
         self.users = [uuid.uuid4() for _ in range(o.signups)]
@@ -299,10 +303,19 @@ class Demo:
                  f"{faults})")
         pg = await asyncio.to_thread(self._start_database)
         service_dsn = await self._prepare_database(pg)
-        async with running_simulator(self._simulator_options()) as sim, \
+        async with running_simulators(o.servers, self._simulator_options()) as sims, \
                 aiohttp.ClientSession() as session:
-            self.say(f"Evolution API simulator on {sim.base_url}")
+            sim = sims[0]
             env = self._service_env(service_dsn, sim.base_url, sim.api_key)
+            if o.servers == 1:
+                self.say(f"Evolution API simulator on {sim.base_url}")
+            else:
+                fleet = [DevServer(f"evo-{chr(ord('a') + i)}", s.base_url, s.api_key,
+                                   o.capacities[i]) for i, s in enumerate(sims)]
+                env.update(write_servers_file(self.workdir / "servers.toml", fleet))
+                self.servers = [server.name for server in fleet]
+                self.say("Evolution API simulators: " + ", ".join(
+                    f"{f.name} on {f.base_url} (capacity {f.capacity})" for f in fleet))
             self.service = ServiceProcess(env, log_path=self.workdir / "service.log",
                                           new_session=True)
             await self._wait_ready(session, self.service)
@@ -318,7 +331,7 @@ class Demo:
                         await load
             self.outcome.service_exit = await asyncio.to_thread(
                 self.service.stop, STOP_TIMEOUT_S)
-            self._read_simulator(sim)
+            self._read_simulator(sims)
         await self._read_database(pg.dsn)
         self._summary()
         await self._seed_queries(pg.dsn)
@@ -328,13 +341,16 @@ class Demo:
             return 1
         return 0
 
-    def _read_simulator(self, sim: Any) -> None:
-        records = sim.requests
+    def _read_simulator(self, sims: list[Any]) -> None:
+        records = [r for sim in sims for r in sim.requests]
         self.outcome.requests = len(records)
         self.outcome.faults = Counter(r.fault for r in records if r.fault)
         self.outcome.adopted = len({r.instance for r in records
                                     if r.operation == "fetch_instances" and r.status == 200})
-        self.outcome.simulator_instances = len(sim.instances)
+        self.outcome.simulator_instances = sum(len(sim.instances) for sim in sims)
+        if self.servers:
+            self.outcome.per_server_simulated = {
+                name: len(sim.instances) for name, sim in zip(self.servers, sims, strict=True)}
 
     async def _read_database(self, dsn: str) -> None:
         out = self.outcome
@@ -345,6 +361,9 @@ class Demo:
             rows = await cursor.fetchall()
             cursor = await conn.execute(b"SELECT count(*) FROM public.evolution_instances")
             count = await cursor.fetchone()
+            cursor = await conn.execute(b"SELECT server, count(*) FROM public.evolution_instances"
+                                        b" GROUP BY server ORDER BY server")
+            out.per_server = {str(name): int(n) for name, n in await cursor.fetchall()}
         out.instances_recorded = int(count[0]) if count else 0
         for user_id, status, retry_count, error, latency_ms in rows:
             retries = int(retry_count)
@@ -414,6 +433,13 @@ class Demo:
                 f"p95 {format_duration_ms(first.p95):>9}   "
                 f"p99 {format_duration_ms(first.p99):>9}   "
                 f"max {format_duration_ms(first.max):>9}")
+        if self.servers:
+            lines.append("  per server (instances recorded / in the simulator / capacity):")
+            for name, capacity in zip(self.servers, o.capacities, strict=True):
+                recorded = out.per_server.get(name, 0)
+                simulated = out.per_server_simulated.get(name, 0)
+                lines.append(f"    {name:<8} {recorded:>6} / {simulated:>6} / {capacity:>6}"
+                             f"   ({recorded / capacity:.0%} full)")
         lines.append(f"  Evolution API      {out.requests:>6}   requests"
                      + (f" (faults injected: {faults})" if faults else ""))
         lines.append(f"  (simulated latency {o.latency_ms:g} ms +/- {o.latency_ms / 2:g} ms per "

@@ -21,6 +21,7 @@ def _row(record: dict[str, Any]) -> InstanceRow:
         token=record["instance_token"],
         webhook_url=record["webhook_url"],
         webhook_events=None if events is None else tuple(events),
+        server=record["server"],
     )
 
 

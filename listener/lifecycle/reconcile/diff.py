@@ -133,12 +133,23 @@ def diff(desired: DesiredState, observed: ObservedState, config: DiffConfig) -> 
             continue
         if user_id not in checked:
             continue
+        if row is not None and row.server in observed.unobserved:
+            continue  # its server's list could not be read: nothing known this round
         server = observed.instances.get(name)
+        found_on = observed.found_on.get(name)
+        if server is not None and row is not None and found_on is not None \
+                and found_on != row.server:
+            # Never moved automatically: a connected session cannot change server.
+            items.append(DriftItem(INSTANCE_ID_MISMATCH, name, user_id,
+                                   f"recorded on server {row.server}, found on {found_on}",
+                                   ("server",), server=found_on))
+            continue
         if server is None:
             if row is not None or creation == "completed":
                 what = "recorded" if row is not None else "completed"
                 items.append(DriftItem(MISSING_INSTANCE, name, user_id,
-                                       f"{what}, but the server has no such instance"))
+                                       f"{what}, but the server has no such instance",
+                                       server=None if row is None else row.server))
             continue
         mismatch: list[str] = []
         if row is None:
@@ -152,7 +163,7 @@ def diff(desired: DesiredState, observed: ObservedState, config: DiffConfig) -> 
             detail = ("the server's instance is not recorded" if row is None
                       else f"the server's instance has another {' and '.join(mismatch)}")
             items.append(DriftItem(INSTANCE_ID_MISMATCH, name, user_id, detail,
-                                   tuple(mismatch)))
+                                   tuple(mismatch), server=found_on))
         if name in observed.webhooks:
             fields = webhook_differences(observed.webhooks[name], config.webhook)
             if row is not None:
@@ -160,7 +171,8 @@ def diff(desired: DesiredState, observed: ObservedState, config: DiffConfig) -> 
                                                         config.webhook)
             if fields:
                 items.append(DriftItem(WEBHOOK_DRIFT, name, user_id,
-                                       f"webhook differs: {', '.join(fields)}", tuple(fields)))
+                                       f"webhook differs: {', '.join(fields)}", tuple(fields),
+                                       server=found_on))
 
     for user_id, row in sorted(desired.instance_rows.items()):
         if user_id in desired.profiles:
@@ -171,12 +183,14 @@ def diff(desired: DesiredState, observed: ObservedState, config: DiffConfig) -> 
             else "no instance at the server"
         queued = f"; deletion {deletion}" if deletion is not None else ""
         items.append(DriftItem(ORPHAN_ROW, row.instance_name, user_id,
-                               f"instance row without a profile ({at_server}{queued})"))
+                               f"instance row without a profile ({at_server}{queued})",
+                               server=row.server))
 
     for name in sorted(observed.instances):
         if name in accounted or not name.startswith(config.prefix):
             continue
         owner = user_of(config.prefix, name)
         items.append(DriftItem(ORPHAN_INSTANCE, name, owner,
-                               "prefixed instance with neither a profile nor an instance row"))
+                               "prefixed instance with neither a profile nor an instance row",
+                               server=observed.found_on.get(name)))
     return items

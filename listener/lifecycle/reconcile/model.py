@@ -42,6 +42,7 @@ class InstanceRow:
     token: str | None = field(default=None, repr=False)
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] | None = None
+    server: str = "default"  # the Evolution server it is recorded on (SPEC §10)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class ObservedState:
 
     instances: Mapping[str, InstanceInfo]
     webhooks: Mapping[str, WebhookState | None] = field(default_factory=dict)
+    # Many servers (SPEC §10): instance name -> the server it was found on (empty: one
+    # server, everything is where it is recorded), and the servers whose list could not be
+    # read this round (their recorded instances are neither missing nor orphaned).
+    found_on: Mapping[str, str] = field(default_factory=dict)
+    unobserved: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ class DriftItem:
     fields: tuple[str, ...] = ()
     repair: str | None = None
     repair_failed: bool = False
+    server: str | None = None  # where the instance is (or would be): repairs talk to it
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -89,6 +96,8 @@ class DriftItem:
             "user_id": None if self.user_id is None else str(self.user_id),
             "detail": self.detail,
         }
+        if self.server is not None:
+            out["server"] = self.server
         if self.fields:
             out["fields"] = list(self.fields)
         if self.repair is not None:

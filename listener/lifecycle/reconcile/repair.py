@@ -20,6 +20,7 @@ from listener.db import queries
 from listener.evolution.client import EvolutionClient
 from listener.evolution.errors import InvalidResponseError, NotFoundError
 from listener.evolution.models import InstanceInfo, WebhookSpec
+from listener.lifecycle.clients import ServerClients
 from listener.lifecycle.reconcile.model import DriftItem
 from listener.lifecycle.reconcile.patience import Patience
 
@@ -45,14 +46,15 @@ class Repairer:
     def __init__(
         self,
         pool: AsyncConnectionPool,
-        client: EvolutionClient,
+        clients: ServerClients | EvolutionClient,
         config: RepairConfig,
         patience: Patience,
         observed: Mapping[str, InstanceInfo],
         on_vanished_again: VanishedAgain | None = None,
     ) -> None:
         self.pool = pool
-        self.client = client
+        self.clients = clients if isinstance(clients, ServerClients) \
+            else ServerClients({"default": clients})
         self.config = config
         self.patience = patience
         self.observed = observed
@@ -92,8 +94,16 @@ class Repairer:
         if self.on_vanished_again is not None:
             self.on_vanished_again(item.user_id, item.instance_name, times)
 
+    def _client(self, item: DriftItem) -> EvolutionClient:
+        """The client of the server the item's instance is on (SPEC §10)."""
+        return self.clients.first if item.server is None else self.clients.client_for(item.server)
+
     async def record_server_instance(self, item: DriftItem) -> str:
-        """instance_id_mismatch: the server's instance (id and token) becomes the record."""
+        """instance_id_mismatch: the server's instance (id and token) becomes the record.
+        An instance on another server than recorded is never moved (a connected WhatsApp
+        session cannot change server without a new QR scan): reported only."""
+        if "server" in item.fields:
+            raise RepairSkipped("reported only: an instance is never moved between servers")
         server = self.observed[item.instance_name]
         async with self.pool.connection() as conn:
             await conn.execute(queries.RECORD_SERVER_INSTANCE, {
@@ -110,7 +120,8 @@ class Repairer:
         """webhook_drift: set it again (an upsert), verify the answer, record it."""
         name = item.instance_name
         spec = self.config.webhook
-        state = await self.patience.call(lambda: self.client.set_webhook(name, spec))
+        client = self._client(item)
+        state = await self.patience.call(lambda: client.set_webhook(name, spec))
         if not state.matches(spec):
             raise InvalidResponseError(f"webhook of {name} still differs after set",
                                        operation="set_webhook")
@@ -138,7 +149,8 @@ class Repairer:
             raise RepairSkipped("reported only (use --delete-orphans to delete it)")
         name = item.instance_name
         try:
-            await self.patience.call(lambda: self.client.delete_instance(name))
+            client = self._client(item)
+            await self.patience.call(lambda: client.delete_instance(name))
         except NotFoundError:
             return "already gone"
         return "instance deleted"
@@ -147,4 +159,5 @@ class Repairer:
         """A creation may have finished between the server read and the table read: look
         again before re-queuing (and before counting it as vanished)."""
         name = item.instance_name
-        return await self.patience.call(lambda: self.client.fetch_instance(name)) is None
+        client = self._client(item)
+        return await self.patience.call(lambda: client.fetch_instance(name)) is None

@@ -20,7 +20,9 @@ from psycopg_pool import AsyncConnectionPool
 from listener.config import Settings
 from listener.evolution.client import EvolutionClient
 from listener.evolution.errors import EvolutionError
-from listener.evolution.models import WebhookSpec
+from listener.evolution.models import InstanceInfo, WebhookSpec, WebhookState
+from listener.fleet.servers import DEFAULT_SERVER
+from listener.lifecycle.clients import ServerClients
 from listener.lifecycle.reconcile.desired import read_desired
 from listener.lifecycle.reconcile.diff import diff, webhook_targets
 from listener.lifecycle.reconcile.model import (
@@ -100,7 +102,7 @@ class Reconciler:
     def __init__(
         self,
         pool: AsyncConnectionPool,
-        client: EvolutionClient,
+        clients: ServerClients | EvolutionClient,
         options: ReconcileOptions,
         *,
         patience: Patience | None = None,
@@ -108,7 +110,8 @@ class Reconciler:
         on_vanished_again: VanishedAgain | None = None,
     ) -> None:
         self.pool = pool
-        self.client = client
+        self.clients = clients if isinstance(clients, ServerClients) \
+            else ServerClients({DEFAULT_SERVER: clients})
         self.options = options
         self.patience = patience or Patience()
         self.progress = progress
@@ -116,13 +119,14 @@ class Reconciler:
         self.diff_config = DiffConfig(prefix=options.prefix, webhook=options.webhook)
 
     async def run(self, *, apply: bool = False, delete_orphans: bool = False) -> ReconcileReport:
-        reader = ObservedStateReader(self.client, prefix=self.options.prefix,
-                                     concurrency=self.options.concurrency,
-                                     patience=self.patience, progress=self.progress)
-        instances = await reader.instances()
+        readers, instances, found_on, unobserved = await self._observe()
         desired = await read_desired(self.pool)
-        webhooks = await reader.webhooks(webhook_targets(desired, instances, self.diff_config))
-        observed = ObservedState(instances=instances, webhooks=webhooks)
+        targets = webhook_targets(desired, instances, self.diff_config)
+        webhooks: dict[str, WebhookState | None] = {}
+        for server, reader in readers.items():  # each name read where it lives
+            webhooks.update(await reader.webhooks([n for n in targets if found_on[n] == server]))
+        observed = ObservedState(instances=instances, webhooks=webhooks, found_on=found_on,
+                                 unobserved=frozenset(unobserved))
         items = diff(desired, observed, self.diff_config)
         report = ReconcileReport(items, applied_mode=apply, instances_seen=len(instances),
                                  profiles_seen=len(desired.profiles))
@@ -131,10 +135,38 @@ class Reconciler:
                                   integration=self.options.integration,
                                   deprovision=self.options.deprovision,
                                   delete_orphans=delete_orphans)
-            repairer = Repairer(self.pool, self.client, config, self.patience, instances,
+            repairer = Repairer(self.pool, self.clients, config, self.patience, instances,
                                 self.on_vanished_again)
             await self._apply(report, repairer)
         return report
+
+    async def _observe(self) -> tuple[dict[str, ObservedStateReader], dict[str, InstanceInfo],
+                                      dict[str, str], set[str]]:
+        """fetchInstances once per server (SPEC §10). With several servers, one whose list
+        cannot be read is skipped this round (logged): its rows are neither missing nor
+        orphaned. One server failing alone fails the run, as before."""
+        readers: dict[str, ObservedStateReader] = {}
+        instances: dict[str, InstanceInfo] = {}
+        found_on: dict[str, str] = {}
+        unobserved: set[str] = set()
+        for server, client in self.clients.items():
+            reader = ObservedStateReader(client, prefix=self.options.prefix,
+                                         concurrency=self.options.concurrency,
+                                         patience=self.patience, progress=self.progress)
+            try:
+                seen = await reader.instances()
+            except EvolutionError as error:
+                if len(self.clients) == 1:
+                    raise
+                unobserved.add(server)
+                log.warning("server not observed this round", extra={
+                    "server": server, "error": " ".join(str(error).split())[:300]})
+                continue
+            readers[server] = reader
+            for name, info in seen.items():
+                instances.setdefault(name, info)
+                found_on.setdefault(name, server)
+        return readers, instances, found_on, unobserved
 
     async def _apply(self, report: ReconcileReport, repairer: Repairer) -> None:
         actions: dict[str, Callable[[DriftItem], Awaitable[str]]] = {
