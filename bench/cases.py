@@ -384,7 +384,7 @@ def crash(options: Options) -> dict[str, Any]:
 
 def _time_claims(conn: psycopg.Connection[Any], count: int, batch: int) -> list[float]:
     """`count` claims of `batch` rows, each rolled back so the same rows stay due."""
-    params = {"limit": batch, "owner": "bench-claim", "lease_s": 60.0}
+    params = {"limit": batch, "owner": "bench-claim", "lease_s": 60.0, "paused": []}
     timings = []
     for _ in range(count):
         started = time.perf_counter()
@@ -397,7 +397,7 @@ def _time_claims(conn: psycopg.Connection[Any], count: int, batch: int) -> list[
 
 
 def _explain_claim(conn: psycopg.Connection[Any], batch: int) -> dict[str, Any]:
-    params = {"limit": batch, "owner": "bench-claim", "lease_s": 60.0}
+    params = {"limit": batch, "owner": "bench-claim", "lease_s": 60.0, "paused": []}
     plan = conn.execute(
         ("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + queries.CLAIM_DUE).encode(), params
     ).fetchone()
