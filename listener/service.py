@@ -142,8 +142,12 @@ class Service:
         self.placer = Placer(self.store, settings.servers,
                              backing_off=lambda: self.worker.breakers.paused(time.monotonic()),
                              observer=work_metrics)
+        # Without EVOLUTION_API_SERVERS there is one unlimited server, `default`: nothing to
+        # choose, so no placement round trip per entry (a NULL server means `default`; a later
+        # servers file keeps that server under the name `default`, see README).
         self.creation = creation_kind(self.store, self.provisioner, settings.webhook_url,
-                                      list(WEBHOOK_EVENTS), self.placer)
+                                      list(WEBHOOK_EVENTS),
+                                      self.placer if settings.servers_file else None)
         kinds = [self.creation]
         if settings.deprovision:  # off: deletion rows stay pending (reconcile: orphan_row)
             kinds.append(deletion_kind(DeletionStore(self.pool, self.owner, settings.lease_s),
