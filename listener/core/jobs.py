@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from listener.core.batcher import CompletionBatcher
 from listener.core.store import JobStore
 from listener.db.store import ClaimedEntry
 from listener.fleet.servers import DEFAULT_SERVER
@@ -51,6 +52,9 @@ class JobKind:
     handler: JobHandler
     # None: the server recorded on the entry (the deletion row's), else DEFAULT_SERVER.
     placer: Placer | None = None
+    # The handler's batched completion, when its statement can also claim (see batcher.py):
+    # the loop then refills a drain's freed slots through it.
+    completions: CompletionBatcher[Any] | None = None
 
     async def server_for(self, entry: ClaimedEntry) -> str:
         """The server whose client and outage breaker an attempt of `entry` uses."""

@@ -11,6 +11,7 @@ attempt does and how it settles is `attempt.py`, the back-off `breaker.py`, the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from listener.core.attempt import AttemptConfig, AttemptRunner
+from listener.core.batcher import ClaimAsk
 from listener.core.breaker import Breakers, Probe
 from listener.core.jobs import JobKind
 from listener.core.observer import WorkObserver
@@ -47,6 +49,13 @@ REFILL_SHARE = 0.5
 REFILL_DELAY_S = 0.002
 REFILL_SLOW_ATTEMPT_S = 0.05
 ATTEMPT_EWMA_WEIGHT = 0.1  # of the newest attempt in the running mean of attempt durations
+
+# A task's key while it is in flight: the same entry claimed again is another claim.
+_TaskKey = tuple[str, int, int]
+
+
+def _key(kind: JobKind, entry: ClaimedEntry) -> _TaskKey:
+    return kind.name, entry.id, entry.claim_seq
 
 
 def refill_threshold(concurrency: int) -> int:
@@ -92,7 +101,17 @@ class ClaimLoop:
         self._draining = False
         self._locked_waits: dict[str, int] = {kind.name: 0 for kind in self.kinds}
         self._inflight: dict[asyncio.Task[object], tuple[JobKind, ClaimedEntry]] = {}
+        self._inflight_keys: set[_TaskKey] = set()
         self._busy_since: float | None = None
+        self._stop: asyncio.Event | None = None  # run()'s; None outside it
+        # Claims riding on completion batches (see batcher.py): slots handed over by tasks
+        # whose completion carries a claim, and slots held for claims not yet answered.
+        self._handed: set[_TaskKey] = set()
+        self._riding = 0
+        self._open_kinds: set[str] = set()  # their last claim filled its share: more due
+        for kind in self.kinds:
+            if kind.completions is not None and kind.completions.can_claim:
+                kind.completions.refill = _KindRefill(self, kind)
 
     # --- signals from outside and state for readiness ---------------------------------------
 
@@ -112,6 +131,11 @@ class ClaimLoop:
     def in_flight(self) -> int:
         return len(self._inflight)
 
+    def _busy(self) -> int:
+        """Slots taken: tasks in flight, less those handed to a riding claim, plus the
+        slots held for riding claims not yet answered."""
+        return len(self._inflight) - len(self._handed) + self._riding
+
     @property
     def db_error(self) -> str | None:
         return self.health.error
@@ -128,6 +152,7 @@ class ClaimLoop:
     # --- the loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         next_sweep = time.monotonic()
         try:
             while not stop.is_set():
@@ -178,7 +203,7 @@ class ClaimLoop:
             share = math.ceil(
                 (self.config.concurrency - len(self._inflight)) / len(open_kinds))
             for kind in list(open_kinds):
-                free = self.config.concurrency - len(self._inflight)
+                free = self.config.concurrency - self._busy()
                 if free <= 0:
                     self._capacity_bound = True  # a finishing task wakes us
                     return self.config.sweep_interval_s
@@ -188,7 +213,9 @@ class ClaimLoop:
                 for entry in entries:
                     self._dispatch(kind, entry)
                 if len(entries) == share:
+                    self._open_kinds.add(kind.name)
                     continue  # maybe more due: claim again while capacity lasts
+                self._open_kinds.discard(kind.name)
                 open_kinds.remove(kind)
                 wait_s = min(wait_s, self._kind_wait_s(kind, entries, next_due_s))
         self._capacity_bound = False
@@ -222,11 +249,18 @@ class ClaimLoop:
         task: asyncio.Task[object] = asyncio.create_task(
             self.attempts.run(kind, entry), name=f"{kind.name}-{entry.user_id}")
         self._inflight[task] = (kind, entry)
+        self._inflight_keys.add(_key(kind, entry))
         self._dispatched_at[task] = time.monotonic()
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[object]) -> None:
-        self._inflight.pop(task, None)
+        handed = False
+        held = self._inflight.pop(task, None)
+        if held is not None:
+            key = _key(*held)
+            self._inflight_keys.discard(key)
+            handed = key in self._handed
+            self._handed.discard(key)
         dispatched_at = self._dispatched_at.pop(task, None)
         if dispatched_at is not None:
             self._attempt_s += ATTEMPT_EWMA_WEIGHT * (
@@ -237,14 +271,14 @@ class ClaimLoop:
         # otherwise waking would only cost a claim that finds nothing.
         if self._draining:
             self._wake.set()
-        elif self._capacity_bound:
+        elif self._capacity_bound and not handed:  # a handed slot was refilled already
             self._slot_freed()
 
     def _slot_freed(self) -> None:
         """Capacity was the limit: claim now if enough slots are free, else a little later
         (see REFILL_SHARE)."""
         if self._attempt_s >= REFILL_SLOW_ATTEMPT_S \
-                or self.config.concurrency - len(self._inflight) >= self._refill_at:
+                or self.config.concurrency - self._busy() >= self._refill_at:
             self._wake.set()
         elif self._refill_timer is None:
             self._refill_timer = asyncio.get_running_loop().call_later(
@@ -254,6 +288,53 @@ class ClaimLoop:
         if self._refill_timer is not None:
             self._refill_timer.cancel()
             self._refill_timer = None
+
+    # --- claims riding on completion batches ------------------------------------------------
+
+    def _ask_riding_claim(self, kind: JobKind, batch: Sequence[ClaimedEntry]
+                          ) -> ClaimAsk | None:
+        """Only while `run()` is capacity-bound on this kind alone (no other kind waits for
+        its fair share), claiming is allowed (alive, some server open), and no claim round
+        is in progress (its claim would not see this one's slots)."""
+        stop = self._stop
+        if stop is None or stop.is_set() or self._draining or not self._capacity_bound \
+                or self._busy_since is not None \
+                or (self._alive is not None and not self._alive.is_set()) \
+                or self._open_kinds - {kind.name}:
+            return None
+        now = time.monotonic()
+        if self.breakers.blocked_s(now) > 0:
+            return None
+        handed = tuple(entry for entry in batch if _key(kind, entry) in self._inflight_keys
+                       and _key(kind, entry) not in self._handed)
+        limit = self.config.concurrency - self._busy() + len(handed)
+        if limit <= 0:
+            return None
+        self._handed.update(_key(kind, entry) for entry in handed)
+        self._riding += limit
+        return ClaimAsk(limit=limit, paused=self.breakers.paused(now), handed=handed)
+
+    async def _take_riding_claim(self, kind: JobKind, ask: ClaimAsk,
+                                 claimed: list[ClaimedEntry], next_due_s: float | None) -> None:
+        self._riding -= ask.limit
+        self.health.ok()
+        if self._stop is None or self._stop.is_set():
+            # Shutting down: nothing new starts; no retry spent, due at once elsewhere.
+            for entry in claimed:
+                with contextlib.suppress(*DB_ERRORS):
+                    await kind.store.release(entry, 0.0, None)
+            return
+        for entry in claimed:
+            self._dispatch(kind, entry)
+        if len(claimed) < ask.limit:
+            # Nothing more due now: a normal round reads when the next row is due.
+            self._open_kinds.discard(kind.name)
+            self._wake.set()
+
+    def _cancel_riding_claim(self, kind: JobKind, ask: ClaimAsk) -> None:
+        self._riding -= ask.limit
+        for entry in ask.handed:
+            self._handed.discard(_key(kind, entry))
 
     # --- one entry, and everything due once -------------------------------------------------
 
@@ -295,3 +376,21 @@ class ClaimLoop:
         for kind in await finish_or_release(self._inflight, self.config.shutdown_grace_s):
             self.attempts.record(kind, Outcome.RELEASED)
         self.breakers.cancel()
+
+
+class _KindRefill:
+    """One kind's `Refill` (batcher.py), answered by its loop."""
+
+    def __init__(self, loop: ClaimLoop, kind: JobKind) -> None:
+        self._loop = loop
+        self._kind = kind
+
+    def ask(self, batch: Sequence[ClaimedEntry]) -> ClaimAsk | None:
+        return self._loop._ask_riding_claim(self._kind, batch)
+
+    async def take(self, ask: ClaimAsk, claimed: list[ClaimedEntry],
+                   next_due_s: float | None) -> None:
+        await self._loop._take_riding_claim(self._kind, ask, claimed, next_due_s)
+
+    def cancel(self, ask: ClaimAsk) -> None:
+        self._loop._cancel_riding_claim(self._kind, ask)

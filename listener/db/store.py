@@ -84,6 +84,17 @@ def _entry(row: dict[str, Any]) -> ClaimedEntry:
 
 
 @dataclass(frozen=True)
+class CompletedAndClaimed:
+    """A batch completion that also claimed: {(entry id, claim_seq): seconds since insert}
+    for the completions whose lease held, the entries claimed, and seconds until the next
+    row not claimed here is due (None: no work at all)."""
+
+    latencies: dict[tuple[int, int], float]
+    claimed: list[ClaimedEntry]
+    next_due_s: float | None
+
+
+@dataclass(frozen=True)
 class ServerUsage:
     """One server's instances recorded and placements in flight (SPEC §10)."""
 
@@ -127,6 +138,25 @@ class LeaseStore:
         entries = [_entry(row) for row in rows if row["id"] is not None]
         next_due = rows[0]["next_due_s"] if rows else None
         return entries, None if next_due is None else float(next_due)
+
+    async def _complete_and_claim(self, sql: str, params: dict[str, Any], limit: int,
+                                  paused: Collection[str]) -> CompletedAndClaimed:
+        """Run a kind's `JobTable.complete_then_claim` statement and split its answer."""
+        rows = await self._fetchall(
+            sql, {**params, "owner": self.owner, "limit": max(0, limit),
+                  "lease_s": self.lease_s, "paused": sorted(paused)})
+        latencies: dict[tuple[int, int], float] = {}
+        entries: list[ClaimedEntry] = []
+        next_due: float | None = None
+        for row in rows:
+            if row["part"] == "completed":
+                latencies[(int(row["id"]), int(row["claim_seq"]))] = float(row["latency_s"])
+                continue
+            if row["next_due_s"] is not None:
+                next_due = float(row["next_due_s"])
+            if row["id"] is not None:
+                entries.append(_entry(row))
+        return CompletedAndClaimed(latencies, entries, next_due)
 
     async def claim_user(self, user_id: uuid.UUID) -> ClaimedEntry | None:
         rows = await self._fetchall(
@@ -224,18 +254,32 @@ class CreationStore(LeaseStore):
             return {}
         rows = await self._fetchall(
             queries.COMPLETE_MANY,
-            {
-                "owner": self.owner,
-                "ids": [e.id for e, _ in done],
-                "claim_seqs": [e.claim_seq for e, _ in done],
-                "instance_names": [r.instance_name for _, r in done],
-                "instance_ids": [r.instance_id for _, r in done],
-                "integrations": [r.integration for _, r in done],
-                "tokens": [r.instance_token for _, r in done],
-                "webhook_url": webhook_url,
-                "webhook_events": webhook_events,
-            },
+            {"owner": self.owner, **_completion_params(done, webhook_url, webhook_events)},
         )
         return {(int(row["id"]), int(row["claim_seq"])): float(row["latency_s"])
                 for row in rows}
+
+    async def complete_many_and_claim(
+        self, done: list[tuple[ClaimedEntry, InstanceRecord]], webhook_url: str,
+        webhook_events: list[str], limit: int, paused: Collection[str] = (),
+    ) -> CompletedAndClaimed:
+        """`complete_many`, and in the same statement a claim of up to `limit` due entries
+        as `claim` makes it (none placed on a `paused` server)."""
+        return await self._complete_and_claim(
+            queries.COMPLETE_MANY_AND_CLAIM,
+            _completion_params(done, webhook_url, webhook_events), limit, paused)
+
+
+def _completion_params(done: list[tuple[ClaimedEntry, InstanceRecord]], webhook_url: str,
+                       webhook_events: list[str]) -> dict[str, Any]:
+    return {
+        "ids": [e.id for e, _ in done],
+        "claim_seqs": [e.claim_seq for e, _ in done],
+        "instance_names": [r.instance_name for _, r in done],
+        "instance_ids": [r.instance_id for _, r in done],
+        "integrations": [r.integration for _, r in done],
+        "tokens": [r.instance_token for _, r in done],
+        "webhook_url": webhook_url,
+        "webhook_events": webhook_events,
+    }
 

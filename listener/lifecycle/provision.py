@@ -145,7 +145,10 @@ def creation_kind(store: CreationStore, provisioner: Provisioner, webhook_url: s
     """The creation queue as a kind of job: its store, its handler, its batched completion,
     and the placement of a new entry on a server before its first create call."""
     batcher: CompletionBatcher[InstanceRecord] = CompletionBatcher(
-        lambda done: store.complete_many(done, webhook_url, webhook_events))
+        lambda done: store.complete_many(done, webhook_url, webhook_events),
+        write_and_claim=lambda done, ask: store.complete_many_and_claim(
+            done, webhook_url, webhook_events, ask.limit, ask.paused))
     return JobKind(name="creation", action="provisioning", store=store,
                    handler=CreationJob(provisioner, batcher),
-                   placer=None if placer is None else placer.server_for)
+                   placer=None if placer is None else placer.server_for,
+                   completions=batcher)

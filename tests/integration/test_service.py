@@ -504,3 +504,77 @@ async def test_a_hung_claim_is_reported_as_stalled_for_the_watchdog(
     finally:
         release.set()
         await service.stop()
+
+
+async def test_a_batch_completion_can_claim_the_next_due_rows_in_one_statement(
+    db: TestDatabase,
+) -> None:
+    """COMPLETE_MANY_AND_CLAIM: the batch is completed (fenced per row), up to `limit` due
+    rows are claimed oldest first, rows on a paused server and the batch's own rows (even
+    a due one: an expired lease of ours) are not claimed, and the next due time comes back."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from listener.db.store import CreationStore, InstanceRecord
+
+    users = signup(db.dsn, 6)
+    async with AsyncConnectionPool(db.service_dsn, kwargs={"autocommit": True},
+                                   min_size=1, max_size=2) as pool:
+        store = CreationStore(pool, "replica-a", lease_s=60)
+        batch, _ = await store.claim(2)
+        assert [e.user_id for e in batch] == users[:2]
+        # The first batch row's lease has expired (it is due again), the last user's row is
+        # placed on a paused server, and the fifth is due only in 30 s.
+        db.query("UPDATE evolution_instance_creation_queue "
+                 "SET next_attempt_at = now() - interval '1 hour' WHERE id = %s", (batch[0].id,))
+        db.query("UPDATE evolution_instance_creation_queue SET server = 'paused-one' "
+                 "WHERE user_id = %s", (users[5],))
+        db.query("UPDATE evolution_instance_creation_queue "
+                 "SET next_attempt_at = now() + interval '30 seconds' WHERE user_id = %s",
+                 (users[4],))
+        records = [(e, InstanceRecord(f"evo-{e.user_id}", f"id-{e.id}", "WHATSAPP-BAILEYS",
+                                      "tok")) for e in batch]
+        result = await store.complete_many_and_claim(
+            records, WEBHOOK, ["SEND_MESSAGE"], limit=5, paused=["paused-one"])
+        assert sorted(result.latencies) == sorted((e.id, e.claim_seq) for e in batch)
+        assert [e.user_id for e in result.claimed] == users[2:4]
+        assert all(not e.reclaimed and e.claim_seq == 1 for e in result.claimed)
+        assert result.next_due_s is not None and 25 < result.next_due_s <= 30
+    rows = queue_rows(db.dsn)
+    assert [rows[u]["status"] for u in users] == ["completed", "completed", "processing",
+                                                  "processing", "pending", "pending"]
+    recorded = db.query("SELECT user_id FROM evolution_instances ORDER BY user_id")
+    assert sorted(r[0] for r in recorded) == sorted(users[:2])
+
+
+async def test_a_drain_refills_through_its_completions(db: TestDatabase, sim: Simulator) -> None:
+    """The service drains a backlog with claims riding on its completion batches: every
+    user once, within the concurrency, and far fewer claim statements than batches."""
+    users = signup(db.dsn, 200)
+    service = InProcessService(_env(db, sim, LISTENER_CONCURRENCY=8))
+    store = service.service.store
+    calls: Counter[str] = Counter()
+    plain_claim, riding = store.claim, store.complete_many_and_claim
+
+    async def counted_claim(*args: object, **kwargs: object) -> object:
+        calls["claim"] += 1
+        return await plain_claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def counted_ride(*args: object, **kwargs: object) -> object:
+        calls["ride"] += 1
+        result = await riding(*args, **kwargs)  # type: ignore[arg-type]
+        calls["rode"] += len(result.claimed)
+        calls["most_in_flight"] = max(calls["most_in_flight"], service.service.worker.in_flight)
+        return result
+
+    store.claim = counted_claim  # type: ignore[method-assign]
+    store.complete_many_and_claim = counted_ride  # type: ignore[method-assign]
+    await service.start()
+    try:
+        await wait_until(lambda: _all_done(db, users), timeout_s=60)
+    finally:
+        assert await service.stop() == 0
+    creates = _creates(sim)
+    assert len(creates) == 200 and set(creates.values()) == {1}
+    assert calls["rode"] >= 100  # most of the backlog was claimed by completions
+    assert calls["claim"] < calls["ride"]
+    assert calls["most_in_flight"] <= 8
