@@ -27,11 +27,13 @@ BatchWriter = Callable[[list[tuple[ClaimedEntry, R]]], Awaitable[dict[tuple[int,
 
 @dataclass(frozen=True)
 class ClaimAsk:
-    """What a batch may claim: up to `limit` entries, none on a `paused` server. `handed`
-    are the batch's entries whose slots the claim reuses (the loop's bookkeeping)."""
+    """What a batch may claim: up to `limit` entries, none on a `paused` server. The rest
+    is the loop's bookkeeping: `slots` it holds for them, `handed` the batch's entries whose
+    slots it reuses."""
 
     limit: int
     paused: Collection[str]
+    slots: int
     handed: tuple[ClaimedEntry, ...]
 
 

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from listener.core.jobs import JobKind
 from listener.core.observer import WorkObserver
 from listener.core.outcome import Counts, Outcome
 from listener.core.settle import DB_ERRORS, DatabaseHealth
-from listener.core.shutdown import finish_or_release
+from listener.core.shutdown import SHUTDOWN_RELEASE_BOUND_S, finish_or_release
 from listener.db.store import ClaimedEntry
 from listener.fleet.servers import DEFAULT_SERVER
 from listener.text import one_line
@@ -49,6 +50,12 @@ REFILL_SHARE = 0.5
 REFILL_DELAY_S = 0.002
 REFILL_SLOW_ATTEMPT_S = 0.05
 ATTEMPT_EWMA_WEIGHT = 0.1  # of the newest attempt in the running mean of attempt durations
+
+# While a drain refills through completions, each riding claim also takes up to this share
+# of the concurrency ahead, into a local queue: the slots the next batch hands over start
+# at once from it, instead of idling for that batch's statement (its commit included). The
+# entries wait milliseconds, hold a lease like any claim, and are released at shutdown.
+CLAIM_AHEAD_SHARE = 0.5
 
 # A task's key while it is in flight: the same entry claimed again is another claim.
 _TaskKey = tuple[str, int, int]
@@ -108,6 +115,8 @@ class ClaimLoop:
         # whose completion carries a claim, and slots held for claims not yet answered.
         self._handed: set[_TaskKey] = set()
         self._riding = 0
+        self._ready: deque[tuple[JobKind, ClaimedEntry]] = deque()  # claimed ahead
+        self._ahead = max(1, math.ceil(config.concurrency * CLAIM_AHEAD_SHARE))
         self._open_kinds: set[str] = set()  # their last claim filled its share: more due
         for kind in self.kinds:
             if kind.completions is not None and kind.completions.can_claim:
@@ -197,6 +206,7 @@ class ClaimLoop:
         so one kind's backlog cannot starve another."""
         now = time.monotonic()
         paused = self.breakers.paused(now)  # their placed work waits there (SPEC §10)
+        self._start_ready()
         wait_s = min(self.config.sweep_interval_s, self.breakers.resume_in_s(now))
         open_kinds = list(self.kinds)
         while open_kinds:
@@ -272,7 +282,10 @@ class ClaimLoop:
         if self._draining:
             self._wake.set()
         elif self._capacity_bound and not handed:  # a handed slot was refilled already
-            self._slot_freed()
+            if self._ready:
+                self._start_ready()
+            else:
+                self._slot_freed()
 
     def _slot_freed(self) -> None:
         """Capacity was the limit: claim now if enough slots are free, else a little later
@@ -307,16 +320,19 @@ class ClaimLoop:
             return None
         handed = tuple(entry for entry in batch if _key(kind, entry) in self._inflight_keys
                        and _key(kind, entry) not in self._handed)
-        limit = self.config.concurrency - self._busy() + len(handed)
+        self._handed.update(_key(kind, entry) for entry in handed)
+        self._start_ready()  # the handed slots first go to what was claimed ahead
+        slots = max(0, self.config.concurrency - self._busy())
+        limit = slots + self._ahead - len(self._ready)
         if limit <= 0:
             return None
-        self._handed.update(_key(kind, entry) for entry in handed)
-        self._riding += limit
-        return ClaimAsk(limit=limit, paused=self.breakers.paused(now), handed=handed)
+        self._riding += slots
+        return ClaimAsk(limit=limit, paused=self.breakers.paused(now), slots=slots,
+                        handed=handed)
 
     async def _take_riding_claim(self, kind: JobKind, ask: ClaimAsk,
                                  claimed: list[ClaimedEntry], next_due_s: float | None) -> None:
-        self._riding -= ask.limit
+        self._riding -= ask.slots
         self.health.ok()
         if self._stop is None or self._stop.is_set():
             # Shutting down: nothing new starts; no retry spent, due at once elsewhere.
@@ -324,17 +340,42 @@ class ClaimLoop:
                 with contextlib.suppress(*DB_ERRORS):
                     await kind.store.release(entry, 0.0, None)
             return
-        for entry in claimed:
-            self._dispatch(kind, entry)
+        self._ready.extend((kind, entry) for entry in claimed)
+        self._start_ready()
         if len(claimed) < ask.limit:
             # Nothing more due now: a normal round reads when the next row is due.
             self._open_kinds.discard(kind.name)
             self._wake.set()
 
     def _cancel_riding_claim(self, kind: JobKind, ask: ClaimAsk) -> None:
-        self._riding -= ask.limit
+        self._riding -= ask.slots
         for entry in ask.handed:
             self._handed.discard(_key(kind, entry))
+
+    def _start_ready(self) -> None:
+        """Dispatch entries claimed ahead into the free slots, while claiming is allowed."""
+        if not self._ready or (self._stop is not None and self._stop.is_set()) \
+                or (self._alive is not None and not self._alive.is_set()) \
+                or self.breakers.blocked_s(time.monotonic()) > 0:
+            return
+        while self._ready and self.config.concurrency - self._busy() > 0:
+            kind, entry = self._ready.popleft()
+            self._dispatch(kind, entry)
+
+    async def _release_ready(self) -> None:
+        """Shutdown: entries claimed ahead and never started go back, no retry spent."""
+        ready, self._ready = list(self._ready), deque()
+        if not ready:
+            return
+        results: list[bool | BaseException] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_RELEASE_BOUND_S):
+                results = await asyncio.gather(
+                    *(kind.store.release(entry, 0.0, None) for kind, entry in ready),
+                    return_exceptions=True)
+        for (kind, _), released in zip(ready, results, strict=False):
+            if released is True:
+                self.attempts.record(kind, Outcome.RELEASED)
 
     # --- one entry, and everything due once -------------------------------------------------
 
@@ -373,6 +414,7 @@ class ClaimLoop:
         grace, release what did not finish back to pending with no retry spent."""
         self._cancel_refill_timer()
         self.breakers.stop_probing()
+        await self._release_ready()
         for kind in await finish_or_release(self._inflight, self.config.shutdown_grace_s):
             self.attempts.record(kind, Outcome.RELEASED)
         self.breakers.cancel()

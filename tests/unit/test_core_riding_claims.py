@@ -40,6 +40,8 @@ class BatchedJob:
         self.fail_next_ride = False
         self.hold: asyncio.Event | None = None
         self.ride_started = asyncio.Event()
+        self.gate = asyncio.Event()  # attempts finish only while it is set
+        self.gate.set()
         self.batcher: CompletionBatcher[int] = CompletionBatcher(
             self._complete_batch, write_and_claim=self._complete_and_claim)
 
@@ -50,6 +52,7 @@ class BatchedJob:
         self.most_running = max(self.most_running, self.running)
         try:
             await asyncio.sleep(0.001)
+            await self.gate.wait()
         finally:
             self.running -= 1
         return entry.id
@@ -167,6 +170,25 @@ async def test_what_a_riding_claim_takes_after_stop_is_released_not_started() ->
             assert row.status == "pending" and row.lease_owner is None
             assert row.retry_count == 0  # released, no retry spent
     assert statuses(store).count("processing") == 0
+
+
+async def test_a_drain_claims_ahead_and_shutdown_releases_what_never_started() -> None:
+    kind, store, job = batched_kind()
+    for _ in range(40):
+        store.add()
+    loop = make_loop([kind], concurrency=4)
+    async with running(loop) as stop:
+        await until(lambda: statuses(store).count("completed") >= 8)
+        job.gate.clear()  # attempts hang: what was claimed ahead waits for a slot
+        await until(lambda: statuses(store).count("processing") > loop.in_flight)
+        assert job.most_running <= 4
+        stop.set()
+    started = set(job.started)
+    waiting = [row for row in store.rows.values() if row.id not in started]
+    assert any(row.claim_seq == 1 for row in waiting)  # some were claimed ahead, never run
+    assert statuses(store).count("processing") == 0  # the hung ones and the ahead ones
+    for row in waiting:
+        assert row.status == "pending" and row.retry_count == 0 and row.lease_owner is None
 
 
 async def test_no_riding_claim_while_another_kind_waits_for_its_share() -> None:
