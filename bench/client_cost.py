@@ -7,6 +7,7 @@ shows in a figure that the rest of the machine moves little (CPU time, not wall 
   answers parsed and checked) through the service's `Provisioner` and `EvolutionClient`,
   concurrency 64, against the simulator in its own process; the client's metrics observer
   as the service wires it;
+- `plain`: the same two calls as the peer (bench/peer_pgqueuer.py) makes them, plain aiohttp;
 - `logging`: the four INFO lines the worker writes per completed entry, through the
   service's JSON handler (redaction filter + formatter) into a discarded stream.
 
@@ -46,9 +47,9 @@ def _client(sim: SimulatorProcess, metrics: Metrics) -> EvolutionClient:
     durations, errors = metrics.evolution_request_duration, metrics.evolution_errors
 
     def observer(operation: str, duration_s: float, failure: str | None) -> None:
-        durations.labels(operation=operation).observe(duration_s)
+        durations.labels(operation=operation, server="default").observe(duration_s)
         if failure is not None:
-            errors.labels(operation=operation, status=failure).inc()
+            errors.labels(operation=operation, status=failure, server="default").inc()
 
     return EvolutionClient(sim.base_url, sim.api_key, max_connections=CONCURRENCY * 2,
                            observer=observer)
@@ -71,6 +72,46 @@ async def _client_round(sim: SimulatorProcess, entries: int) -> float:
         async def lane() -> None:
             while not queue.empty():
                 await provisioner.provision(queue.get_nowait())
+
+        started = time.process_time()
+        await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
+        spent = time.process_time() - started
+    return spent / (entries - CONCURRENCY) * 1e6
+
+
+async def _plain_round(sim: SimulatorProcess, entries: int) -> float:
+    """CPU µs per provisioning of the peer's plain aiohttp job (bench/peer_pgqueuer.py): the
+    floor the service's client is compared with."""
+    import aiohttp
+
+    webhook = {"enabled": True, "url": WEBHOOK_URL, "events": list(WEBHOOK_EVENTS),
+               "byEvents": False, "base64": False}
+    headers = {"apikey": sim.api_key}
+    base = sim.base_url
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def provision(user: uuid.UUID) -> None:
+            name = f"evo-{user}"
+            create = {"instanceName": name, "integration": "WHATSAPP-BAILEYS",
+                      "qrcode": False, "webhook": webhook}
+            async with session.post(f"{base}/instance/create", json=create,
+                                    headers=headers) as resp:
+                assert resp.status == 201
+                await resp.json()
+            async with session.post(f"{base}/webhook/set/{name}", json={"webhook": webhook},
+                                    headers=headers) as resp:
+                assert resp.status in (200, 201)
+                await resp.read()
+
+        users = [uuid.uuid4() for _ in range(entries)]
+        await asyncio.gather(*(provision(u) for u in users[:CONCURRENCY]))
+        queue: asyncio.Queue[uuid.UUID] = asyncio.Queue()
+        for user in users[CONCURRENCY:]:
+            queue.put_nowait(user)
+
+        async def lane() -> None:
+            while not queue.empty():
+                await provision(queue.get_nowait())
 
         started = time.process_time()
         await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
@@ -111,13 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     client_us: list[float] = []
+    plain_us: list[float] = []
     log_us: list[float] = []
     with SimulatorProcess() as sim:
         for _ in range(max(1, args.rounds)):
             client_us.append(uvloop.run(_client_round(sim, args.entries)))
+            plain_us.append(uvloop.run(_plain_round(sim, args.entries)))
             log_us.append(_logging_round(args.entries))
     print(f"client : {statistics.median(client_us):7.1f} us CPU per provisioning "
           f"(rounds: {', '.join(f'{v:.0f}' for v in client_us)})")
+    print(f"plain  : {statistics.median(plain_us):7.1f} us CPU per provisioning, the peer's "
+          f"plain aiohttp job (rounds: {', '.join(f'{v:.0f}' for v in plain_us)})")
     print(f"logging: {statistics.median(log_us):7.1f} us CPU per entry, 4 INFO lines "
           f"(rounds: {', '.join(f'{v:.0f}' for v in log_us)})")
     return 0
