@@ -149,16 +149,19 @@ class Service:
                                       list(WEBHOOK_EVENTS),
                                       self.placer if settings.servers_file else None)
         kinds = [self.creation]
+        kind_of_channel = {queries.CHANNEL: self.creation.name}
         if settings.deprovision:  # off: deletion rows stay pending (reconcile: orphan_row)
             kinds.append(deletion_kind(DeletionStore(self.pool, self.owner, settings.lease_s),
                                        self.client_for, settings.instance_prefix))
+            kind_of_channel[queries.DELETION_CHANNEL] = kinds[-1].name
         self.worker = ClaimLoop(
             loop_config(settings), kinds, attempt_config(settings),
             probe_for=lambda server: lambda: probe_evolution(self.clients.client_for(server)),
-            observer=work_metrics, alive=self.alive, servers=[s.name for s in settings.servers])
+            observer=work_metrics, alive=self.alive, servers=[s.name for s in settings.servers],
+            kind_of_channel=kind_of_channel)
         self.listen = ListenConnection(
             settings.dsn,
-            on_notify=lambda note: self.worker.wake(),
+            on_notify=lambda note: self.worker.notified(note.channel),
             on_connected=self._on_connected,
             on_state=self._on_listen_state,
             owner=self.owner,

@@ -19,7 +19,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 
@@ -34,6 +34,7 @@ log = logging.getLogger("listener.wakeup")
 class QueueNotification:
     id: int
     user_id: uuid.UUID
+    channel: str = ""  # the queue it came from (the worker marks that kind as due)
 
 
 class MalformedNotification(ValueError):
@@ -200,7 +201,7 @@ class ListenConnection:
                        "payload": note.payload[:200]},
             )
             return
-        self._on_notify(parsed)
+        self._on_notify(replace(parsed, channel=note.channel))
 
 
 async def _close_quietly(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:

@@ -10,6 +10,7 @@ statement per batch instead of a completion and then a claim."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -17,6 +18,9 @@ from typing import Generic, Protocol, TypeVar
 import psycopg
 
 from listener.db.store import ClaimedEntry, CompletedAndClaimed
+from listener.text import one_line
+
+log = logging.getLogger("listener.worker")
 
 R = TypeVar("R")
 
@@ -86,10 +90,17 @@ class CompletionBatcher(Generic[R]):
             await asyncio.sleep(0)  # let entries finishing in this same turn join the batch
             batch = self._waiting[: self.max_batch]
             del self._waiting[: self.max_batch]
-            ask = None
-            if self.refill is not None and self._write_and_claim is not None:
-                ask = self.refill.ask([entry for entry, _, _ in batch])
-            await self._write(batch, ask)
+            await self._write(batch, self._ask(batch))
+
+    def _ask(self, batch: list[tuple[ClaimedEntry, R, asyncio.Future[float | None]]]
+             ) -> ClaimAsk | None:
+        if self.refill is None or self._write_and_claim is None:
+            return None
+        try:
+            return self.refill.ask([entry for entry, _, _ in batch])
+        except Exception as error:  # a bug in the loop's side must not strand completions
+            log.error("riding claim not asked", extra={"error": one_line(error)})
+            return None
 
     async def _write(
         self, batch: list[tuple[ClaimedEntry, R, asyncio.Future[float | None]]],
@@ -117,10 +128,15 @@ class CompletionBatcher(Generic[R]):
             if isinstance(error, asyncio.CancelledError):
                 raise
             return
-        if ask is not None and self.refill is not None:
-            # Before the batch's own tasks resume: a stopping loop releases what was
-            # claimed while they still hold the shutdown open.
-            await self.refill.take(ask, result.claimed, result.next_due_s)
-        for entry, _, future in batch:
-            if not future.done():
-                future.set_result(latencies.get((entry.id, entry.claim_seq)))
+        try:
+            if ask is not None and self.refill is not None:
+                # Before the batch's own tasks resume: a stopping loop releases what was
+                # claimed while they still hold the shutdown open.
+                await self.refill.take(ask, result.claimed, result.next_due_s)
+        except Exception as error:  # the batch is written: its tasks must still resume
+            log.error("riding claim not taken; its entries wait for their lease",
+                      extra={"error": one_line(error), "claimed": len(result.claimed)})
+        finally:
+            for entry, _, future in batch:
+                if not future.done():
+                    future.set_result(latencies.get((entry.id, entry.claim_seq)))

@@ -11,14 +11,13 @@ attempt does and how it settles is `attempt.py`, the back-off `breaker.py`, the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from listener.core.ahead import ClaimedAhead, Held, max_wait_s
 from listener.core.attempt import AttemptConfig, AttemptRunner
 from listener.core.batcher import ClaimAsk
 from listener.core.breaker import Breakers, Probe
@@ -26,7 +25,7 @@ from listener.core.jobs import JobKind
 from listener.core.observer import WorkObserver
 from listener.core.outcome import Counts, Outcome
 from listener.core.settle import DB_ERRORS, DatabaseHealth
-from listener.core.shutdown import SHUTDOWN_RELEASE_BOUND_S, finish_or_release
+from listener.core.shutdown import finish_or_release, release_together
 from listener.db.store import ClaimedEntry
 from listener.fleet.servers import DEFAULT_SERVER
 from listener.text import one_line
@@ -54,7 +53,9 @@ ATTEMPT_EWMA_WEIGHT = 0.1  # of the newest attempt in the running mean of attemp
 # While a drain refills through completions, each riding claim also takes up to this share
 # of the concurrency ahead, into a local queue: the slots the next batch hands over start
 # at once from it, instead of idling for that batch's statement (its commit included). The
-# entries wait milliseconds, hold a lease like any claim, and are released at shutdown.
+# entries wait milliseconds, hold a lease like any claim, and go back (no retry spent) when
+# they would wait too long or should not start at all (ahead.py). Only while attempts are
+# short: a slow API leaves time for a claim statement between two freed slots.
 CLAIM_AHEAD_SHARE = 0.5
 
 # A task's key while it is in flight: the same entry claimed again is another claim.
@@ -86,7 +87,8 @@ class ClaimLoop:
     def __init__(self, config: LoopConfig, kinds: Sequence[JobKind], attempt: AttemptConfig,
                  probe_for: Callable[[str], Probe], observer: WorkObserver,
                  alive: asyncio.Event | None = None,
-                 servers: Sequence[str] = (DEFAULT_SERVER,)) -> None:
+                 servers: Sequence[str] = (DEFAULT_SERVER,),
+                 kind_of_channel: Mapping[str, str] | None = None) -> None:
         if not kinds:
             raise ValueError("at least one kind of job")
         self.config = config
@@ -115,9 +117,15 @@ class ClaimLoop:
         # whose completion carries a claim, and slots held for claims not yet answered.
         self._handed: set[_TaskKey] = set()
         self._riding = 0
-        self._ready: deque[tuple[JobKind, ClaimedEntry]] = deque()  # claimed ahead
+        self._ready = ClaimedAhead(max_wait_s(attempt.lease_s))
+        self._giving_back: set[asyncio.Task[list[JobKind]]] = set()
+        self._ready_timer: asyncio.TimerHandle | None = None  # gives back what waits too long
         self._ahead = max(1, math.ceil(config.concurrency * CLAIM_AHEAD_SHARE))
-        self._open_kinds: set[str] = set()  # their last claim filled its share: more due
+        # Kinds with work due beyond what was claimed: their last claim filled its share,
+        # their queue notified, or their next row's time came while every slot was taken.
+        self._open_kinds: set[str] = set()
+        self._due_at: dict[str, float] = {}  # monotonic time each kind's next row is due
+        self._kind_of_channel = dict(kind_of_channel or {})
         for kind in self.kinds:
             if kind.completions is not None and kind.completions.can_claim:
                 kind.completions.refill = _KindRefill(self, kind)
@@ -171,10 +179,12 @@ class ClaimLoop:
                 if now >= next_sweep:
                     self._sweep_requested = True
                 if self._alive is not None and not self._alive.is_set():
+                    self._give_back(self._ready.take_all())  # the rescue may take them
                     await self._wait(stop, self.config.sweep_interval_s)
                     continue
                 blocked_s = self._blocked_s(now)
                 if blocked_s > 0:
+                    self._give_back(self._ready.take_all())  # leases would run out here
                     await self._wait(stop, min(blocked_s, self.config.sweep_interval_s))
                     continue
                 self._busy_since = time.monotonic()
@@ -210,12 +220,13 @@ class ClaimLoop:
         wait_s = min(self.config.sweep_interval_s, self.breakers.resume_in_s(now))
         open_kinds = list(self.kinds)
         while open_kinds:
-            share = math.ceil(
-                (self.config.concurrency - len(self._inflight)) / len(open_kinds))
+            share = max(1, math.ceil(
+                (self.config.concurrency - self._busy()) / len(open_kinds)))
             for kind in list(open_kinds):
                 free = self.config.concurrency - self._busy()
                 if free <= 0:
                     self._capacity_bound = True  # a finishing task wakes us
+                    self._mark_due_kinds(open_kinds, now)
                     return self.config.sweep_interval_s
                 share = min(share, free)
                 entries, next_due_s = await kind.store.claim(share, paused)
@@ -227,9 +238,27 @@ class ClaimLoop:
                     continue  # maybe more due: claim again while capacity lasts
                 self._open_kinds.discard(kind.name)
                 open_kinds.remove(kind)
-                wait_s = min(wait_s, self._kind_wait_s(kind, entries, next_due_s))
+                kind_wait_s = self._kind_wait_s(kind, entries, next_due_s)
+                self._due_at[kind.name] = now + kind_wait_s
+                wait_s = min(wait_s, kind_wait_s)
         self._capacity_bound = False
         return wait_s
+
+    def _mark_due_kinds(self, kinds: Sequence[JobKind], now: float) -> None:
+        """A round found every slot taken before claiming `kinds`: those with work known
+        to be due (their next row's time has come, or a sweep asks to look) stop the riding
+        claims of others until a round with free slots gives them their share."""
+        for kind in kinds:
+            if self._sweep_requested or self._due_at.get(kind.name, now) <= now:
+                self._open_kinds.add(kind.name)
+
+    def notified(self, channel: str) -> None:
+        """A notification on a kind's queue: that kind has work due (a deletion during a
+        creation drain must not wait for the drain's end), then wake."""
+        name = self._kind_of_channel.get(channel)
+        if name is not None:
+            self._open_kinds.add(name)
+        self._wake.set()
 
     def _kind_wait_s(self, kind: JobKind, entries: list[ClaimedEntry],
                      next_due_s: float | None) -> float:
@@ -282,9 +311,8 @@ class ClaimLoop:
         if self._draining:
             self._wake.set()
         elif self._capacity_bound and not handed:  # a handed slot was refilled already
-            if self._ready:
-                self._start_ready()
-            else:
+            self._start_ready()
+            if self._busy() < self.config.concurrency:
                 self._slot_freed()
 
     def _slot_freed(self) -> None:
@@ -323,7 +351,8 @@ class ClaimLoop:
         self._handed.update(_key(kind, entry) for entry in handed)
         self._start_ready()  # the handed slots first go to what was claimed ahead
         slots = max(0, self.config.concurrency - self._busy())
-        limit = slots + self._ahead - len(self._ready)
+        ahead = self._ahead if self._attempt_s < REFILL_SLOW_ATTEMPT_S else 0
+        limit = slots + ahead - len(self._ready)
         if limit <= 0:
             return None
         self._riding += slots
@@ -336,12 +365,13 @@ class ClaimLoop:
         self.health.ok()
         if self._stop is None or self._stop.is_set():
             # Shutting down: nothing new starts; no retry spent, due at once elsewhere.
-            for entry in claimed:
-                with contextlib.suppress(*DB_ERRORS):
-                    await kind.store.release(entry, 0.0, None)
+            await release_together([(kind, entry) for entry in claimed])
             return
-        self._ready.extend((kind, entry) for entry in claimed)
+        self._ready.put(kind, claimed, time.monotonic())
         self._start_ready()
+        if self._ready and self._ready_timer is None:
+            self._ready_timer = asyncio.get_running_loop().call_later(
+                self._ready.max_wait_s, self._ready_timer_fired)
         if len(claimed) < ask.limit:
             # Nothing more due now: a normal round reads when the next row is due.
             self._open_kinds.discard(kind.name)
@@ -353,29 +383,52 @@ class ClaimLoop:
             self._handed.discard(_key(kind, entry))
 
     def _start_ready(self) -> None:
-        """Dispatch entries claimed ahead into the free slots, while claiming is allowed."""
-        if not self._ready or (self._stop is not None and self._stop.is_set()) \
-                or (self._alive is not None and not self._alive.is_set()) \
-                or self.breakers.blocked_s(time.monotonic()) > 0:
+        """Dispatch entries claimed ahead into the free slots while claiming is allowed;
+        give back those that waited too long or sit on a paused server (ahead.py). Another
+        kind waiting for its share gets it once these few have started (at most the ahead
+        share): no riding claim adds more meanwhile."""
+        if not self._ready or (self._stop is not None and self._stop.is_set()):
+            return  # stopping: the shutdown gives them back
+        now = time.monotonic()
+        if (self._alive is not None and not self._alive.is_set()) \
+                or self.breakers.blocked_s(now) > 0:
+            self._give_back(self._ready.take_all())
             return
-        while self._ready and self.config.concurrency - self._busy() > 0:
-            kind, entry = self._ready.popleft()
+        taken = self._ready.take(now, self.config.concurrency - self._busy(),
+                                 self.breakers.paused(now))
+        self._give_back(taken.give_back)
+        for kind, entry in taken.start:
             self._dispatch(kind, entry)
 
-    async def _release_ready(self) -> None:
-        """Shutdown: entries claimed ahead and never started go back, no retry spent."""
-        ready, self._ready = list(self._ready), deque()
-        if not ready:
+    def _ready_timer_fired(self) -> None:
+        """No slot freed for a while (attempts hang on a slow server): what waits past its
+        bound goes back now rather than when a slot finally frees."""
+        self._ready_timer = None
+        self._start_ready()
+        if self._ready:
+            self._ready_timer = asyncio.get_running_loop().call_later(
+                self._ready.max_wait_s, self._ready_timer_fired)
+
+    def _give_back(self, entries: list[Held]) -> None:
+        """Release entries that were claimed ahead and never started, in the background;
+        they were never counted as claimed (that happens at dispatch), so no outcome."""
+        if not entries:
             return
-        results: list[bool | BaseException] = []
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(SHUTDOWN_RELEASE_BOUND_S):
-                results = await asyncio.gather(
-                    *(kind.store.release(entry, 0.0, None) for kind, entry in ready),
-                    return_exceptions=True)
-        for (kind, _), released in zip(ready, results, strict=False):
-            if released is True:
-                self.attempts.record(kind, Outcome.RELEASED)
+        task = asyncio.create_task(release_together(entries), name="give-back")
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+        if not self._draining:
+            self._wake.set()  # due at once: a round may take them back with fair shares
+
+    async def _release_ready(self) -> None:
+        """Shutdown: entries claimed ahead and never started go back, no retry spent; so
+        do the give-backs still in flight."""
+        if self._ready_timer is not None:
+            self._ready_timer.cancel()
+            self._ready_timer = None
+        self._give_back(self._ready.take_all())
+        if self._giving_back:
+            await asyncio.gather(*self._giving_back, return_exceptions=True)
 
     # --- one entry, and everything due once -------------------------------------------------
 
@@ -414,8 +467,12 @@ class ClaimLoop:
         grace, release what did not finish back to pending with no retry spent."""
         self._cancel_refill_timer()
         self.breakers.stop_probing()
-        await self._release_ready()
-        for kind in await finish_or_release(self._inflight, self.config.shutdown_grace_s):
+        # Together: what was claimed ahead goes back while in-flight work finishes, so the
+        # whole shutdown stays within the grace plus one release bound.
+        _, released = await asyncio.gather(
+            self._release_ready(),
+            finish_or_release(self._inflight, self.config.shutdown_grace_s))
+        for kind in released:
             self.attempts.record(kind, Outcome.RELEASED)
         self.breakers.cancel()
 

@@ -68,8 +68,11 @@ def deletes(sim: Simulator, status: int | None = None) -> Counter[str]:
 
 
 async def provisioned(db: TestDatabase, users: list[uuid.UUID], timeout_s: float = 15) -> None:
-    await wait_until(lambda: all(queue_rows(db.dsn).get(u, {}).get("status") == "completed"
-                                 for u in users), timeout_s=timeout_s)
+    def all_completed() -> bool:
+        rows = queue_rows(db.dsn)  # one query per look: the service shares this event loop
+        return all(rows.get(u, {}).get("status") == "completed" for u in users)
+
+    await wait_until(all_completed, timeout_s=timeout_s)
 
 
 def done(db: TestDatabase, users: list[uuid.UUID]) -> bool:
@@ -244,3 +247,30 @@ async def test_cleanup_removes_finished_deletions_older_than_the_cutoff(
         await pool.close()
     assert deleted == 1
     assert set(deletions(db)) == {recent, pending}
+
+
+async def test_a_deletion_during_a_creation_drain_is_served_alongside_it(
+    db: TestDatabase,
+) -> None:
+    """The deletion's NOTIFY marks deletions due: the creations' riding claims stop until a
+    round gives deletions their share, instead of the whole backlog going first."""
+    async with running_simulator(SimulatorOptions(seed=12, latency_ms=10)) as sim:
+        service = await InProcessService(_env(db, sim, LISTENER_CONCURRENCY=4)).start()
+        try:
+            [first] = signup(db.dsn)
+            await provisioned(db, [first])
+            users = signup(db.dsn, 300)
+
+            def created() -> int:
+                rows = queue_rows(db.dsn)
+                return sum(rows.get(u, {}).get("status") == "completed" for u in users)
+
+            await wait_until(lambda: created() >= 20, timeout_s=30)
+            delete_profiles(db, first)
+            await wait_until(lambda: done(db, [first]), timeout_s=30, interval_s=0.02)
+            created_by_then = created()
+            await provisioned(db, users, timeout_s=120)
+        finally:
+            assert await service.stop() == 0
+    assert created_by_then < 200, f"the deletion waited for {created_by_then} creations"
+    assert deletes(sim, 200) == {name(first): 1}

@@ -83,15 +83,19 @@ class BatchedJob:
         return CompletedAndClaimed(latencies, claimed, next_due)
 
 
-def make_loop(kinds: Sequence[JobKind], concurrency: int) -> ClaimLoop:
+def make_loop(kinds: Sequence[JobKind], concurrency: int, lease_s: float = 30,
+              alive: asyncio.Event | None = None) -> ClaimLoop:
+    """A loop whose kinds' notifications come on channels named after them."""
     async def healthy() -> tuple[bool, str]:
         return True, "ok"
 
     return ClaimLoop(
         LoopConfig(concurrency=concurrency, sweep_interval_s=5.0, shutdown_grace_s=1.0),
         kinds,
-        AttemptConfig(lease_s=30, max_reclaims=3, retry=RetryPolicy(max_retries=3, base_ms=800)),
-        probe_for=lambda server: healthy, observer=NullObserver())
+        AttemptConfig(lease_s=lease_s, max_reclaims=3,
+                      retry=RetryPolicy(max_retries=3, base_ms=800)),
+        probe_for=lambda server: healthy, observer=NullObserver(), alive=alive,
+        kind_of_channel={kind.name: kind.name for kind in kinds})
 
 
 def batched_kind(name: str = "creation", order: list[str] | None = None
@@ -100,6 +104,16 @@ def batched_kind(name: str = "creation", order: list[str] | None = None
     job = BatchedJob(store, order)
     kind = JobKind(name=name, action=name, store=store, handler=job, completions=job.batcher)
     return kind, store, job
+
+
+def two_kinds(order: list[str]) -> tuple[JobKind, MemoryStore, BatchedJob,
+                                          JobKind, MemoryStore, BatchedJob]:
+    """Creations with riding claims, and deletions without (as in the service): only the
+    loop's rounds claim those."""
+    creation, creations, job = batched_kind("creation", order)
+    _, deletions, deleting = batched_kind("deletion", order)
+    deletion = JobKind(name="deletion", action="deletion", store=deletions, handler=deleting)
+    return creation, creations, job, deletion, deletions, deleting
 
 
 @asynccontextmanager
@@ -193,10 +207,7 @@ async def test_a_drain_claims_ahead_and_shutdown_releases_what_never_started() -
 
 async def test_no_riding_claim_while_another_kind_waits_for_its_share() -> None:
     order: list[str] = []
-    creation, creations, job = batched_kind("creation", order)
-    _, deletions, deleting = batched_kind("deletion", order)
-    # A kind without riding claims (as deletions are): only the loop's rounds claim it.
-    deletion = JobKind(name="deletion", action="deletion", store=deletions, handler=deleting)
+    creation, creations, job, deletion, deletions, deleting = two_kinds(order)
     for _ in range(30):
         creations.add()
     for _ in range(6):
@@ -211,3 +222,98 @@ async def test_no_riding_claim_while_another_kind_waits_for_its_share() -> None:
     last_deletion = max(i for i, name in enumerate(order) if name == "deletion")
     assert last_deletion < 20
     assert job.ride_claimed > 0  # once the deletions were done, creations rode again
+
+
+async def hang_with_entries_claimed_ahead(loop: ClaimLoop, store: MemoryStore,
+                                          job: BatchedJob) -> set[int]:
+    """Let a drain run a little, then make attempts hang until some entries wait in the
+    claimed-ahead queue; the ids of those waiting entries."""
+    await until(lambda: statuses(store).count("completed") >= 8)
+    job.gate.clear()
+    await until(lambda: statuses(store).count("processing") > loop.in_flight)
+    started = set(job.started)
+    return {row.id for row in store.rows.values()
+            if row.status == "processing" and row.id not in started}
+
+
+async def test_entries_claimed_ahead_go_back_when_the_liveness_lock_is_lost() -> None:
+    kind, store, job = batched_kind()
+    for _ in range(40):
+        store.add()
+    alive = asyncio.Event()
+    alive.set()
+    loop = make_loop([kind], concurrency=4, alive=alive)
+    async with running(loop):
+        waiting = await hang_with_entries_claimed_ahead(loop, store, job)
+        alive.clear()  # the other replicas will rescue our rows: none may start here later
+        loop.wake()
+        await until(lambda: all(store.rows[i].status == "pending" for i in waiting))
+        assert all(store.rows[i].retry_count == 0 for i in waiting)  # no retry spent
+        started_while_down = len(job.started)
+        alive.set()
+        loop.wake()
+        job.gate.set()
+        await until(lambda: statuses(store) == ["completed"] * 40)
+    assert started_while_down == len(set(job.started[:started_while_down]))
+    assert sorted(job.started) == sorted(store.rows)  # each entry started once
+
+
+async def test_entries_claimed_ahead_go_back_when_no_slot_frees_within_the_bound() -> None:
+    kind, store, job = batched_kind()
+    for _ in range(40):
+        store.add()
+    loop = make_loop([kind], concurrency=4, lease_s=1.0)  # bound: 0.1 s
+    async with running(loop):
+        waiting = await hang_with_entries_claimed_ahead(loop, store, job)
+        # Every slot hangs: the waiting entries go back within about the bound, not when
+        # a slot frees (their lease would be running out by then).
+        await until(lambda: all(store.rows[i].status == "pending" for i in waiting),
+                    timeout_s=1.0)
+        assert all(store.rows[i].lease_owner is None for i in waiting)
+        assert not waiting & set(job.started)
+        job.gate.set()
+        await until(lambda: statuses(store) == ["completed"] * 40)
+    assert sorted(job.started) == sorted(store.rows)
+
+
+async def test_a_deletion_notified_during_a_creation_drain_is_not_left_for_its_end() -> None:
+    order: list[str] = []
+    creation, creations, job, deletion, deletions, deleting = two_kinds(order)
+    for _ in range(400):
+        creations.add()
+    loop = make_loop([creation, deletion], concurrency=4)
+    async with running(loop):
+        await until(lambda: job.ride_claimed >= 20)  # the drain refills through its rides
+        for _ in range(3):
+            deletions.add()
+        loop.notified("deletion")  # what the deletion queue's notification does
+        await until(lambda: statuses(deletions) == ["completed"] * 3)
+        creations_done = statuses(creations).count("completed")
+        await until(lambda: statuses(creations) == ["completed"] * 400, timeout_s=10)
+    assert creations_done < 300  # served alongside the backlog, not after it
+    assert len(deleting.started) == 3
+
+
+async def test_a_failing_take_still_resumes_the_batch_it_completed() -> None:
+    """The loop's side raising after the statement committed: the completed entries'
+    tasks must not hang (they hold the shutdown open)."""
+
+    class BrokenRefill:
+        def ask(self, batch: Sequence[ClaimedEntry]) -> ClaimAsk | None:
+            return ClaimAsk(limit=2, paused=(), slots=0, handed=())
+
+        async def take(self, ask: ClaimAsk, claimed: list[ClaimedEntry],
+                       next_due_s: float | None) -> None:
+            raise RuntimeError("bug in the loop (test)")
+
+        def cancel(self, ask: ClaimAsk) -> None:
+            raise AssertionError("the statement committed: nothing to cancel")
+
+    _, store, job = batched_kind()
+    row = store.add()
+    store.add()
+    job.batcher.refill = BrokenRefill()
+    (entry,), _ = await store.claim(1, ())
+    latency = await asyncio.wait_for(job.batcher.complete(entry, 1), 1.0)
+    assert latency is not None
+    assert store.rows[row.id].status == "completed"
