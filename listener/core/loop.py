@@ -97,7 +97,7 @@ class ClaimLoop:
         self.health = DatabaseHealth()
         self.breakers = Breakers(probe_for, observer, on_recovered=self.wake, servers=servers)
         self.attempts = AttemptRunner(attempt, self.breakers, self.health, observer,
-                                      wake=self.wake)
+                                      due_again=self._due_again)
         self.first_sweep_done = asyncio.Event()
         self._alive = alive
         self._wake = asyncio.Event()
@@ -227,7 +227,7 @@ class ClaimLoop:
                 if free <= 0:
                     self._capacity_bound = True  # a finishing task wakes us
                     self._mark_due_kinds(open_kinds, now)
-                    return self.config.sweep_interval_s
+                    return self._next_due_elsewhere_s(now)
                 share = min(share, free)
                 entries, next_due_s = await kind.store.claim(share, paused)
                 self.health.ok()
@@ -251,6 +251,21 @@ class ClaimLoop:
         for kind in kinds:
             if self._sweep_requested or self._due_at.get(kind.name, now) <= now:
                 self._open_kinds.add(kind.name)
+
+    def _next_due_elsewhere_s(self, now: float) -> float:
+        """Every slot taken: sleep until a finishing task wakes us, or until a kind not yet
+        asking for its share has a row due (a deletion's retry during a creation drain),
+        so the round then marks it."""
+        later = [at - now for name, at in self._due_at.items()
+                 if name not in self._open_kinds and at > now]
+        return min([self.config.sweep_interval_s, *later])
+
+    def _due_again(self, kind: JobKind, delay_s: float) -> None:
+        """A settle gave an entry of `kind` a new due time (a retry, a release)."""
+        now = time.monotonic()
+        known = self._due_at.get(kind.name, now)
+        self._due_at[kind.name] = now + delay_s if known <= now else min(known, now + delay_s)
+        self._wake.set()
 
     def notified(self, channel: str) -> None:
         """A notification on a kind's queue: that kind has work due (a deletion during a

@@ -38,6 +38,7 @@ class BatchedJob:
         self.rides = 0
         self.ride_claimed = 0
         self.fail_next_ride = False
+        self.fail_next_attempt = False  # the next attempt raises a transient error
         self.hold: asyncio.Event | None = None
         self.ride_started = asyncio.Event()
         self.gate = asyncio.Event()  # attempts finish only while it is set
@@ -53,6 +54,9 @@ class BatchedJob:
         try:
             await asyncio.sleep(0.001)
             await self.gate.wait()
+            if self.fail_next_attempt:
+                self.fail_next_attempt = False
+                raise RuntimeError("transient (test)")
         finally:
             self.running -= 1
         return entry.id
@@ -84,7 +88,7 @@ class BatchedJob:
 
 
 def make_loop(kinds: Sequence[JobKind], concurrency: int, lease_s: float = 30,
-              alive: asyncio.Event | None = None) -> ClaimLoop:
+              alive: asyncio.Event | None = None, retry_base_ms: int = 800) -> ClaimLoop:
     """A loop whose kinds' notifications come on channels named after them."""
     async def healthy() -> tuple[bool, str]:
         return True, "ok"
@@ -93,7 +97,7 @@ def make_loop(kinds: Sequence[JobKind], concurrency: int, lease_s: float = 30,
         LoopConfig(concurrency=concurrency, sweep_interval_s=5.0, shutdown_grace_s=1.0),
         kinds,
         AttemptConfig(lease_s=lease_s, max_reclaims=3,
-                      retry=RetryPolicy(max_retries=3, base_ms=800)),
+                      retry=RetryPolicy(max_retries=3, base_ms=retry_base_ms)),
         probe_for=lambda server: healthy, observer=NullObserver(), alive=alive,
         kind_of_channel={kind.name: kind.name for kind in kinds})
 
@@ -317,3 +321,21 @@ async def test_a_failing_take_still_resumes_the_batch_it_completed() -> None:
     latency = await asyncio.wait_for(job.batcher.complete(entry, 1), 1.0)
     assert latency is not None
     assert store.rows[row.id].status == "completed"
+
+
+async def test_a_deletion_retry_falling_due_during_a_creation_drain_is_served_in_it() -> None:
+    order: list[str] = []
+    creation, creations, _, deletion, deletions, deleting = two_kinds(order)
+    for _ in range(1000):
+        creations.add()
+    deletions.add()
+    deleting.fail_next_attempt = True  # its first attempt fails: a retry due in 50 ms
+    loop = make_loop([creation, deletion], concurrency=4, retry_base_ms=50)
+    async with running(loop):
+        await until(lambda: statuses(deletions) == ["completed"], timeout_s=20)
+        creations_done = statuses(creations).count("completed")
+        await until(lambda: statuses(creations) == ["completed"] * 1000, timeout_s=30)
+    assert len(deleting.started) == 2  # the attempt and its retry
+    # The retry's due time woke a round that gave deletions their share; riding claims
+    # alone would have left it for the end of the backlog.
+    assert creations_done < 800, creations_done
