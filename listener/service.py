@@ -161,7 +161,7 @@ class Service:
             kind_of_channel=kind_of_channel)
         self.listen = ListenConnection(
             settings.dsn,
-            on_notify=lambda note: self.worker.notified(note.channel),
+            on_notify=lambda note: self.worker.notified(note.channel, note.id),
             on_connected=self._on_connected,
             on_state=self._on_listen_state,
             owner=self.owner,

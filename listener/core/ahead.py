@@ -58,7 +58,7 @@ class ClaimedAhead:
         give_back: list[Held] = []
         kept: deque[tuple[JobKind, ClaimedEntry, float]] = deque()
         for kind, entry, claimed_at in self._entries:
-            if now - claimed_at > self.max_wait_s \
+            if now - claimed_at >= self.max_wait_s \
                     or (entry.server is not None and entry.server in paused):
                 give_back.append((kind, entry))
             elif len(start) < free:
@@ -67,6 +67,10 @@ class ClaimedAhead:
                 kept.append((kind, entry, claimed_at))
         self._entries = kept
         return Taken(start, give_back)
+
+    def next_expiry(self) -> float | None:
+        """When the oldest entry reaches its bound (None: empty)."""
+        return self._entries[0][2] + self.max_wait_s if self._entries else None
 
     def take_all(self) -> list[Held]:
         """Every entry, to give back (stopping, liveness lost, every server backing off)."""

@@ -44,13 +44,13 @@ class AttemptConfig:
 
 
 class AttemptRunner:
-    """Runs attempts; tallies their outcomes in `counts`; `due_again(kind, delay_s)` is
+    """Runs attempts; tallies their outcomes in `counts`; `due_again(kind, entry, delay_s)` is
     called when a settle gave an entry a new due time (the loop re-reads when to wake
     next, and knows that kind has work due then even while every slot is taken)."""
 
     def __init__(self, config: AttemptConfig, breakers: Breakers, health: DatabaseHealth,
                  observer: WorkObserver,
-                 due_again: Callable[[JobKind, float], None]) -> None:
+                 due_again: Callable[[JobKind, ClaimedEntry, float], None]) -> None:
         self.config = config
         self.breakers = breakers
         self.health = health
@@ -176,7 +176,7 @@ class AttemptRunner:
             return Outcome.LOST
         self.record(kind, outcome)
         if outcome is not Outcome.FAILED:
-            self._due_again(kind, decision.delay_s)
+            self._due_again(kind, entry, decision.delay_s)
         level = logging.ERROR if outcome is Outcome.FAILED else logging.WARNING
         if failure is FailureKind.NO_SERVER:
             level = logging.DEBUG  # the placer logs once when the fleet starts waiting

@@ -58,6 +58,10 @@ ATTEMPT_EWMA_WEIGHT = 0.1  # of the newest attempt in the running mean of attemp
 # short: a slow API leaves time for a claim statement between two freed slots.
 CLAIM_AHEAD_SHARE = 0.5
 
+# Rows whose own NOTIFY the loop expects (see `_due_again`); beyond this many (notifications
+# lost in a reconnect), it forgets them: the worst case is a kind marked due for nothing.
+OWN_SETTLES_KEPT = 4096
+
 # A task's key while it is in flight: the same entry claimed again is another claim.
 _TaskKey = tuple[str, int, int]
 
@@ -126,6 +130,12 @@ class ClaimLoop:
         self._open_kinds: set[str] = set()
         self._due_at: dict[str, float] = {}  # monotonic time each kind's next row is due
         self._kind_of_channel = dict(kind_of_channel or {})
+        self._notes: dict[str, int] = {kind.name: 0 for kind in self.kinds}  # per kind
+        # Rows this replica just gave a new due time: their own NOTIFY says nothing new.
+        self._own_settles: set[tuple[str, int]] = set()
+        self._first_kind = 0  # rounds start at each kind in turn
+        self._claiming = 0  # slots a round's claim statement may fill when it answers
+        self._stopping = False  # set by _shutdown, also when run() ends by an exception
         for kind in self.kinds:
             if kind.completions is not None and kind.completions.can_claim:
                 kind.completions.refill = _KindRefill(self, kind)
@@ -148,10 +158,13 @@ class ClaimLoop:
     def in_flight(self) -> int:
         return len(self._inflight)
 
+    def _stopping_now(self) -> bool:
+        return self._stopping or self._stop is None or self._stop.is_set()
+
     def _busy(self) -> int:
         """Slots taken: tasks in flight, less those handed to a riding claim, plus the
-        slots held for riding claims not yet answered."""
-        return len(self._inflight) - len(self._handed) + self._riding
+        slots held for claims not yet answered (riding ones, and a round's)."""
+        return len(self._inflight) - len(self._handed) + self._riding + self._claiming
 
     @property
     def db_error(self) -> str | None:
@@ -218,7 +231,10 @@ class ClaimLoop:
         paused = self.breakers.paused(now)  # their placed work waits there (SPEC §10)
         self._start_ready()
         wait_s = min(self.config.sweep_interval_s, self.breakers.resume_in_s(now))
-        open_kinds = list(self.kinds)
+        # Each round starts at the next kind: with one free slot at a time (slow attempts),
+        # a kind listed first would otherwise take every slot before the others' turn.
+        start = self._first_kind = (self._first_kind + 1) % len(self.kinds)
+        open_kinds = [*self.kinds[start:], *self.kinds[:start]]
         while open_kinds:
             share = max(1, math.ceil(
                 (self.config.concurrency - self._busy()) / len(open_kinds)))
@@ -229,14 +245,20 @@ class ClaimLoop:
                     self._mark_due_kinds(open_kinds, now)
                     return self._next_due_elsewhere_s(now)
                 share = min(share, free)
-                entries, next_due_s = await kind.store.claim(share, paused)
+                notes = self._notes[kind.name]
+                self._claiming = share  # a riding claim answering meanwhile leaves these
+                try:
+                    entries, next_due_s = await kind.store.claim(share, paused)
+                finally:
+                    self._claiming = 0
                 self.health.ok()
                 for entry in entries:
                     self._dispatch(kind, entry)
                 if len(entries) == share:
                     self._open_kinds.add(kind.name)
                     continue  # maybe more due: claim again while capacity lasts
-                self._open_kinds.discard(kind.name)
+                if self._notes[kind.name] == notes:  # else notified during the claim: due
+                    self._open_kinds.discard(kind.name)
                 open_kinds.remove(kind)
                 kind_wait_s = self._kind_wait_s(kind, entries, next_due_s)
                 self._due_at[kind.name] = now + kind_wait_s
@@ -260,19 +282,28 @@ class ClaimLoop:
                  if name not in self._open_kinds and at > now]
         return min([self.config.sweep_interval_s, *later])
 
-    def _due_again(self, kind: JobKind, delay_s: float) -> None:
-        """A settle gave an entry of `kind` a new due time (a retry, a release)."""
+    def _due_again(self, kind: JobKind, entry: ClaimedEntry, delay_s: float) -> None:
+        """A settle gave `entry` of `kind` a new due time (a retry, a release); the NOTIFY
+        its statement sent is ours, not news of work due now."""
+        if len(self._own_settles) > OWN_SETTLES_KEPT:
+            self._own_settles.clear()  # notifications lost while disconnected: start over
+        self._own_settles.add((kind.name, entry.id))
         now = time.monotonic()
         known = self._due_at.get(kind.name, now)
         self._due_at[kind.name] = now + delay_s if known <= now else min(known, now + delay_s)
         self._wake.set()
 
-    def notified(self, channel: str) -> None:
+    def notified(self, channel: str, entry_id: int | None = None) -> None:
         """A notification on a kind's queue: that kind has work due (a deletion during a
-        creation drain must not wait for the drain's end), then wake."""
+        creation drain must not wait for the drain's end), then wake. The NOTIFY of a row
+        this replica just settled only wakes: its due time is known (`_due_again`)."""
         name = self._kind_of_channel.get(channel)
         if name is not None:
-            self._open_kinds.add(name)
+            if (name, entry_id) in self._own_settles:
+                self._own_settles.discard((name, entry_id))
+            else:
+                self._notes[name] += 1
+                self._open_kinds.add(name)
         self._wake.set()
 
     def _kind_wait_s(self, kind: JobKind, entries: list[ClaimedEntry],
@@ -352,8 +383,7 @@ class ClaimLoop:
         """Only while `run()` is capacity-bound on this kind alone (no other kind waits for
         its fair share), claiming is allowed (alive, some server open), and no claim round
         is in progress (its claim would not see this one's slots)."""
-        stop = self._stop
-        if stop is None or stop.is_set() or self._draining or not self._capacity_bound \
+        if self._stopping_now() or self._draining or not self._capacity_bound \
                 or self._busy_since is not None \
                 or (self._alive is not None and not self._alive.is_set()) \
                 or self._open_kinds - {kind.name}:
@@ -361,6 +391,7 @@ class ClaimLoop:
         now = time.monotonic()
         if self.breakers.blocked_s(now) > 0:
             return None
+        paused = self.breakers.paused(now)  # before any state changes: it may raise
         handed = tuple(entry for entry in batch if _key(kind, entry) in self._inflight_keys
                        and _key(kind, entry) not in self._handed)
         self._handed.update(_key(kind, entry) for entry in handed)
@@ -371,22 +402,20 @@ class ClaimLoop:
         if limit <= 0:
             return None
         self._riding += slots
-        return ClaimAsk(limit=limit, paused=self.breakers.paused(now), slots=slots,
-                        handed=handed)
+        return ClaimAsk(limit=limit, paused=paused, slots=slots, handed=handed)
 
     async def _take_riding_claim(self, kind: JobKind, ask: ClaimAsk,
                                  claimed: list[ClaimedEntry], next_due_s: float | None) -> None:
         self._riding -= ask.slots
         self.health.ok()
-        if self._stop is None or self._stop.is_set():
+        if self._stopping_now():
             # Shutting down: nothing new starts; no retry spent, due at once elsewhere.
             await release_together([(kind, entry) for entry in claimed])
             return
         self._ready.put(kind, claimed, time.monotonic())
         self._start_ready()
-        if self._ready and self._ready_timer is None:
-            self._ready_timer = asyncio.get_running_loop().call_later(
-                self._ready.max_wait_s, self._ready_timer_fired)
+        if self._ready_timer is None:
+            self._arm_ready_timer()
         if len(claimed) < ask.limit:
             # Nothing more due now: a normal round reads when the next row is due.
             self._open_kinds.discard(kind.name)
@@ -402,7 +431,7 @@ class ClaimLoop:
         give back those that waited too long or sit on a paused server (ahead.py). Another
         kind waiting for its share gets it once these few have started (at most the ahead
         share): no riding claim adds more meanwhile."""
-        if not self._ready or (self._stop is not None and self._stop.is_set()):
+        if not self._ready or self._stopping_now():
             return  # stopping: the shutdown gives them back
         now = time.monotonic()
         if (self._alive is not None and not self._alive.is_set()) \
@@ -420,9 +449,14 @@ class ClaimLoop:
         bound goes back now rather than when a slot finally frees."""
         self._ready_timer = None
         self._start_ready()
-        if self._ready:
+        self._arm_ready_timer()
+
+    def _arm_ready_timer(self) -> None:
+        """Fire when the oldest entry claimed ahead reaches its bound."""
+        expiry = self._ready.next_expiry()
+        if expiry is not None and not self._stopping_now():
             self._ready_timer = asyncio.get_running_loop().call_later(
-                self._ready.max_wait_s, self._ready_timer_fired)
+                max(0.0, expiry - time.monotonic()), self._ready_timer_fired)
 
     def _give_back(self, entries: list[Held]) -> None:
         """Release entries that were claimed ahead and never started, in the background;
@@ -480,6 +514,7 @@ class ClaimLoop:
     async def _shutdown(self) -> None:
         """Stop claiming (done: the loop has exited), let in-flight work finish within the
         grace, release what did not finish back to pending with no retry spent."""
+        self._stopping = True  # also when run() ended by an exception: nothing new starts
         self._cancel_refill_timer()
         self.breakers.stop_probing()
         # Together: what was claimed ahead goes back while in-flight work finishes, so the

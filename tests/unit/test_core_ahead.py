@@ -72,3 +72,15 @@ def test_take_all_empties_the_queue() -> None:
     ahead.put(creation, [entry(1), entry(2)], now=10.0)
     assert ids(ahead.take_all()) == [1, 2]
     assert len(ahead) == 0 and ahead.take_all() == []
+
+
+def test_next_expiry_is_when_the_oldest_entry_reaches_its_bound() -> None:
+    creation = kind("creation")
+    ahead = ClaimedAhead(max_wait_s=1.0)
+    assert ahead.next_expiry() is None
+    ahead.put(creation, [entry(1)], now=10.0)
+    ahead.put(creation, [entry(2)], now=10.4)
+    assert ahead.next_expiry() == pytest.approx(11.0)
+    taken = ahead.take(now=11.0, free=0, paused=())  # exactly at the bound: goes back
+    assert ids(taken.give_back) == [1]
+    assert ahead.next_expiry() == pytest.approx(11.4)

@@ -339,3 +339,26 @@ async def test_a_deletion_retry_falling_due_during_a_creation_drain_is_served_in
     # The retry's due time woke a round that gave deletions their share; riding claims
     # alone would have left it for the end of the backlog.
     assert creations_done < 800, creations_done
+
+
+async def test_a_replicas_own_retry_notification_does_not_mark_that_kind_due() -> None:
+    """A settle's NOTIFY comes back to the replica that sent it: the retry's due time is
+    known, so it must not stop the riding claims for a round that finds nothing due."""
+    order: list[str] = []
+    creation, creations, job, deletion, deletions, deleting = two_kinds(order)
+    for _ in range(1500):
+        creations.add()
+    row = deletions.add()
+    deleting.fail_next_attempt = True  # retried in 60 s: not due during this test
+    loop = make_loop([creation, deletion], concurrency=4, retry_base_ms=60_000)
+    async with running(loop):
+        await until(lambda: deletions.rows[row.id].retry_count == 1, timeout_s=5)
+        await until(lambda: job.ride_claimed >= 20, timeout_s=5)  # riding again
+        claims_before = deletions.claims
+        loop.notified("deletion", row.id)  # what our own retry statement's NOTIFY does
+        await asyncio.sleep(0.2)
+        claims_after = deletions.claims
+        other = deletions.add()
+        loop.notified("deletion", other.id)  # someone else's row: deletions are due
+        await until(lambda: deletions.rows[other.id].status == "completed", timeout_s=5)
+    assert claims_after == claims_before, "our own NOTIFY cost a claim of deletions"
