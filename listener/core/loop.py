@@ -231,10 +231,13 @@ class ClaimLoop:
         paused = self.breakers.paused(now)  # their placed work waits there (SPEC §10)
         self._start_ready()
         wait_s = min(self.config.sweep_interval_s, self.breakers.resume_in_s(now))
-        # Each round starts at the next kind: with one free slot at a time (slow attempts),
-        # a kind listed first would otherwise take every slot before the others' turn.
+        # Kinds known to have work due (notified, or their last claim filled its share) go
+        # first, so a signup's claim never waits behind an empty queue's; among them each
+        # round starts at the next kind: with one free slot at a time (slow attempts), the
+        # one listed first would otherwise take every slot before the others' turn.
         start = self._first_kind = (self._first_kind + 1) % len(self.kinds)
-        open_kinds = [*self.kinds[start:], *self.kinds[:start]]
+        rotated = [*self.kinds[start:], *self.kinds[:start]]
+        open_kinds = sorted(rotated, key=lambda kind: kind.name not in self._open_kinds)
         while open_kinds:
             share = max(1, math.ceil(
                 (self.config.concurrency - self._busy()) / len(open_kinds)))

@@ -35,6 +35,7 @@ class BatchedJob:
         self.running = 0
         self.most_running = 0
         self.started: list[int] = []
+        self.started_claims: list[tuple[int, int]] = []  # (id, claim_seq) of each start
         self.rides = 0
         self.ride_claimed = 0
         self.fail_next_ride = False
@@ -48,6 +49,7 @@ class BatchedJob:
 
     async def attempt(self, entry: ClaimedEntry, report: StepReporter) -> int:
         self.started.append(entry.id)
+        self.started_claims.append((entry.id, entry.claim_seq))
         self.order.append(self.store.owner)
         self.running += 1
         self.most_running = max(self.most_running, self.running)
@@ -230,11 +232,13 @@ async def test_no_riding_claim_while_another_kind_waits_for_its_share() -> None:
 
 async def hang_with_entries_claimed_ahead(loop: ClaimLoop, store: MemoryStore,
                                           job: BatchedJob) -> set[int]:
-    """Let a drain run a little, then make attempts hang until some entries wait in the
-    claimed-ahead queue; the ids of those waiting entries."""
+    """Let a drain run a little, then make attempts hang until every slot holds a hung
+    attempt (none finishing: no slot can free) and some entries wait in the claimed-ahead
+    queue; the ids of those waiting entries."""
     await until(lambda: statuses(store).count("completed") >= 8)
     job.gate.clear()
-    await until(lambda: statuses(store).count("processing") > loop.in_flight)
+    await until(lambda: job.running == loop.in_flight == loop.config.concurrency
+                and statuses(store).count("processing") > job.running)
     started = set(job.started)
     return {row.id for row in store.rows.values()
             if row.status == "processing" and row.id not in started}
@@ -269,14 +273,19 @@ async def test_entries_claimed_ahead_go_back_when_no_slot_frees_within_the_bound
     loop = make_loop([kind], concurrency=4, lease_s=1.0)  # bound: 0.1 s
     async with running(loop):
         waiting = await hang_with_entries_claimed_ahead(loop, store, job)
-        # Every slot hangs: the waiting entries go back within about the bound, not when
-        # a slot frees (their lease would be running out by then).
-        await until(lambda: all(store.rows[i].status == "pending" for i in waiting),
-                    timeout_s=1.0)
-        assert all(store.rows[i].lease_owner is None for i in waiting)
-        assert not waiting & set(job.started)
+        claims = {i: store.rows[i].claim_seq for i in waiting}
+
+        def given_back() -> bool:  # pending again, or already claimed anew by a free slot
+            return all(store.rows[i].status == "pending" or store.rows[i].claim_seq != seq
+                       for i, seq in claims.items())
+
+        # The slots hang: the waiting claims end within about the bound, not when a slot
+        # frees (their lease would be running out by then).
+        await until(given_back, timeout_s=1.0)
         job.gate.set()
         await until(lambda: statuses(store) == ["completed"] * 40)
+    assert not set(claims.items()) & set(job.started_claims)  # never started under them
+    assert all(store.rows[i].retry_count == 0 for i in waiting)  # no retry spent
     assert sorted(job.started) == sorted(store.rows)
 
 
