@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,13 @@ def queue_rows(dsn: str) -> dict[uuid.UUID, dict[str, Any]]:
         )
         names = [c.name for c in cursor.description or []]
         return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+
+
+def all_in_status(dsn: str, users: Sequence[uuid.UUID], status: str = "completed") -> bool:
+    """Every user's queue row is in `status` (one query: tests poll it while an in-process
+    service shares their event loop)."""
+    rows = queue_rows(dsn)
+    return all(rows.get(u, {}).get("status") == status for u in users)
 
 
 def instance_rows(dsn: str) -> dict[uuid.UUID, dict[str, Any]]:

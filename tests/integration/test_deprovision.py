@@ -19,6 +19,7 @@ from listener.db import pool as db_pool
 from listener.dev.simulator import ScriptedFault, Simulator, SimulatorOptions, running_simulator
 from tests.harness import (
     InProcessService,
+    all_in_status,
     instance_rows,
     queue_rows,
     service_env,
@@ -68,11 +69,7 @@ def deletes(sim: Simulator, status: int | None = None) -> Counter[str]:
 
 
 async def provisioned(db: TestDatabase, users: list[uuid.UUID], timeout_s: float = 15) -> None:
-    def all_completed() -> bool:
-        rows = queue_rows(db.dsn)  # one query per look: the service shares this event loop
-        return all(rows.get(u, {}).get("status") == "completed" for u in users)
-
-    await wait_until(all_completed, timeout_s=timeout_s)
+    await wait_until(lambda: all_in_status(db.dsn, users), timeout_s=timeout_s)
 
 
 def done(db: TestDatabase, users: list[uuid.UUID]) -> bool:

@@ -21,7 +21,13 @@ import pytest
 from listener.dev.fleet import DevServer, write_servers_file
 from listener.dev.simulator import Simulator, SimulatorOptions, running_simulators
 from listener.lifecycle.reconcile import ReconcileOptions, Reconciler
-from tests.harness import InProcessService, queue_rows, service_env, signup, wait_until
+from tests.harness import (
+    InProcessService,
+    all_in_status,
+    service_env,
+    signup,
+    wait_until,
+)
 from tests.pg import TestDatabase
 
 NAMES = ("a", "b", "c")
@@ -71,8 +77,7 @@ def _creates_per_instance(sims: Sequence[Simulator]) -> Counter[str]:
 
 
 def _completed(dsn: str, users: Sequence[uuid.UUID]) -> bool:
-    rows = queue_rows(dsn)
-    return all(rows.get(u, {}).get("status") == "completed" for u in users)
+    return all_in_status(dsn, users)
 
 
 async def _get(service: InProcessService, path: str) -> tuple[int, str]:

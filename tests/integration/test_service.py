@@ -20,6 +20,7 @@ from listener.config import WEBHOOK_EVENTS
 from listener.dev.simulator import ScriptedFault, Simulator, SimulatorOptions, running_simulator
 from tests.harness import (
     InProcessService,
+    all_in_status,
     instance_rows,
     queue_rows,
     service_env,
@@ -49,8 +50,7 @@ def _creates(sim: Simulator) -> Counter[str]:
 
 
 def _all_done(db: TestDatabase, users: list[uuid.UUID], status: str = "completed") -> bool:
-    rows = queue_rows(db.dsn)
-    return all(rows.get(u, {}).get("status") == status for u in users)
+    return all_in_status(db.dsn, users, status)
 
 
 async def test_signup_is_provisioned_without_waiting_for_the_sweep(
